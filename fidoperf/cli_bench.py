@@ -1,0 +1,1 @@
+"""`fidoperf` commands: bench (see fidoperf/cli.py for the shared options)."""

@@ -1,0 +1,1 @@
+"""`fidoperf` commands: plots (see fidoperf/cli.py for the shared options)."""

@@ -1,0 +1,1 @@
+"""`fidoperf` commands: sweep (see fidoperf/cli.py for the shared options)."""

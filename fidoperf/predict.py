@@ -1,0 +1,231 @@
+"""Roofline prediction: cost records per operator and layer, times, totals, memory.
+
+For each op:  T_math = flops / (peak * eff_compute),  T_mem = bytes / (bw * eff_memory),
+time = max(T_math, T_mem) ("roofline": perfect overlap, the lower bound) or their
+sum ("no_overlap", the upper bound), plus the profile's per-op overhead. The bound
+is the larger of the two terms. Decoding is evaluated step by step (the
+self-attention cache grows by one token a step) and summed over the T steps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import costs
+from .errors import SpecError
+from .specs import DTYPE_BYTES, Hardware, ModelSpec, StackSpec, Workload
+
+OVERLAP_MODELS = ("roofline", "no_overlap")
+
+OP_COLUMNS = [
+    "phase", "layer", "op", "kind", "calls", "flops", "bytes", "weight_bytes", "act_bytes",
+    "self_kv_bytes", "cross_kv_bytes", "intensity", "compute_s", "memory_s", "time_s", "bound",
+]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How op times are combined; named, so every result says which model made it."""
+
+    overlap: str = "roofline"  # "roofline": max(T_math, T_mem); "no_overlap": their sum
+    efficiency: bool = True  # apply the profile's efficiency factors (False: raw peaks)
+
+    def __post_init__(self):
+        if self.overlap not in OVERLAP_MODELS:
+            raise SpecError("--overlap", "", f"must be one of {', '.join(OVERLAP_MODELS)}, got {self.overlap!r}")
+
+
+def peak_for(kind: str, hw: Hardware, compute_dtype: str, act_dtype: str) -> float:
+    """Matmuls against weights run at the compute dtype's peak; attention between
+    activations and caches at it too unless that is an integer/fp8 weight format;
+    vector work at the activation dtype's peak when the chip lists one."""
+    if kind == "matmul" or (kind == "attention" and compute_dtype not in ("int8", "fp8")):
+        return hw.peak(compute_dtype)
+    if act_dtype in hw.peak_flops_per_s:
+        return hw.peak(act_dtype)
+    return hw.peak(compute_dtype)
+
+
+def _size(op: costs.Op, axis: str):
+    return {"flops": op.flops, "bytes": op.bytes, "rows": op.rows}[axis]
+
+
+def op_times(op: costs.Op, hw: Hardware, compute_dtype: str, act_dtype: str,
+             settings: Settings = Settings()):
+    """(compute_s, memory_s, time_s) of one call of ``op``; arrays broadcast."""
+    peak, bw = peak_for(op.kind, hw, compute_dtype, act_dtype), hw.hbm_bytes_per_s
+    if settings.efficiency:
+        ce, me = hw.curve(op.kind, "compute"), hw.curve(op.kind, "memory")
+        peak = peak * ce(_size(op, ce.axis))
+        bw = bw * me(_size(op, me.axis))
+    compute_s = np.asarray(op.flops, dtype=float) / peak
+    memory_s = np.asarray(op.bytes, dtype=float) / bw
+    combine = np.maximum if settings.overlap == "roofline" else np.add
+    time_s = combine(compute_s, memory_s) + hw.overhead_s_per_op
+    return compute_s, memory_s, time_s
+
+
+def _dtype_bytes(wl: Workload):
+    return DTYPE_BYTES[wl.weight_dtype], DTYPE_BYTES[wl.act_dtype], DTYPE_BYTES[wl.kv_dtype]
+
+
+def _stack_dims(s: StackSpec):
+    return s.emb_dim, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim, s.mlp_in_mats
+
+
+def operator_list(model: ModelSpec, wl: Workload):
+    """Every op call of one batch: (phase, layer or None, Op, calls). Decoder ops hold
+    arrays over the T steps (calls = 1 each step)."""
+    w, a, c = _dtype_bytes(wl)
+    B, P, N, T = wl.batch, wl.passages, wl.passage_len, wl.target_len
+    enc, dec = model.encoder, model.decoder
+    De, He, Ge, dke, Fe, ne = _stack_dims(enc)
+    Dd, Hd, Gd, dkd, Fd, nd = _stack_dims(dec)
+    steps = np.arange(1, T + 1)
+    out = [("encoder", None, costs.encoder_embed(De, B, P, N, w, a), 1)]
+    layer_ops = costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a)
+    out += [("encoder", i, op, 1) for i in range(enc.num_layers) for op in layer_ops]
+    out.append(("encoder", None, costs.encoder_final(De, B, P, N, w, a), 1))
+    kv_op = costs.cross_kv_layer(De, Gd, dkd, B, P, N, w, a, c)
+    out += [("cross_kv", i, kv_op, 1) for i in range(dec.num_layers) if dec.has_cross_attn(i)]
+    out.append(("decoder", None, costs.decoder_embed(Dd, B, w, a), T))
+    for i in range(dec.num_layers):
+        ops = costs.decoder_layer(Dd, Hd, Gd, dkd, Fd, nd, B, P, N, steps, dec.has_cross_attn(i), w, a, c)
+        out += [("decoder", i, op, T) for op in ops]
+    out += [("decoder", None, op, T) for op in costs.decoder_head(Dd, model.vocab_size, B, w, a)]
+    return out
+
+
+def ops_table(model: ModelSpec, hw: Hardware, wl: Workload, settings: Settings = Settings()) -> pd.DataFrame:
+    """One row per operator and layer for one batch; decoder rows are summed over
+    the T decoding steps (``calls`` says how many calls a row holds)."""
+    rows = []
+    for phase, layer, op, calls in operator_list(model, wl):
+        compute_s, memory_s, time_s = op_times(op, hw, wl.compute_dtype, wl.act_dtype, settings)
+
+        def total(x, calls=calls):
+            x = np.asarray(x, dtype=float)
+            return float(x.sum()) if x.ndim else float(x) * calls
+
+        rec = {
+            "phase": phase, "layer": layer, "op": op.op, "kind": op.kind, "calls": calls,
+            "flops": total(op.flops), "weight_bytes": total(op.weight_bytes),
+            "act_bytes": total(op.act_bytes), "self_kv_bytes": total(op.self_kv_bytes),
+            "cross_kv_bytes": total(op.cross_kv_bytes), "compute_s": total(compute_s),
+            "memory_s": total(memory_s), "time_s": total(time_s),
+        }
+        rows.append(rec)
+    df = pd.DataFrame(rows)
+    df["bytes"] = df[["weight_bytes", "act_bytes", "self_kv_bytes", "cross_kv_bytes"]].sum(axis=1)
+    df["intensity"] = df["flops"] / df["bytes"]
+    df["bound"] = np.where(df["compute_s"] >= df["memory_s"], "compute", "memory")
+    df["layer"] = df["layer"].astype("Int64")
+    return df[OP_COLUMNS]
+
+
+def memory_footprint(model: ModelSpec, hw: Hardware, wl: Workload) -> dict[str, Any]:
+    """Bytes of weights, caches and activations, and the largest batch that fits."""
+    w, a, c = _dtype_bytes(wl)
+    enc, dec = model.encoder, model.decoder
+    m = costs.memory_terms(
+        *_stack_dims(enc), enc.num_layers, *_stack_dims(dec), dec.num_layers, dec.num_cross_layers,
+        model.vocab_size, wl.batch, wl.passages, wl.passage_len, wl.target_len, w, a, c,
+        hw.hbm_capacity_bytes)
+    out = {k: float(v) for k, v in m.items()}
+    out["params"] = int(m["params"])
+    out["max_batch"] = int(m["max_batch"])
+    out["fits"] = bool(m["fits"])
+    out["capacity_bytes"] = float(hw.hbm_capacity_bytes)
+    return out
+
+
+@dataclass
+class Prediction:
+    """Everything predicted for one model, hardware and workload."""
+
+    model: ModelSpec
+    hardware: Hardware
+    workload: Workload
+    settings: Settings
+    ops: pd.DataFrame
+    totals: dict[str, Any]
+    memory: dict[str, Any]
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        ops = self.ops.astype(object).where(self.ops.notna(), None)
+        return {
+            "model": model_dict(self.model),
+            "hardware": hardware_dict(self.hardware),
+            "workload": dataclasses.asdict(self.workload),
+            "settings": dataclasses.asdict(self.settings),
+            "ops": ops.to_dict(orient="records"),
+            "totals": self.totals,
+            "memory": self.memory,
+            "warnings": self.warnings,
+        }
+
+
+def model_dict(m: ModelSpec) -> dict[str, Any]:
+    d = dataclasses.asdict(m)
+    d["decoder"]["cross_attn_layers"] = [i for i in range(m.decoder.num_layers) if m.decoder.has_cross_attn(i)]
+    return d
+
+
+def hardware_dict(hw: Hardware) -> dict[str, Any]:
+    return {
+        "name": hw.name, "description": hw.description, "kind": hw.kind,
+        "peak_flops_per_s": dict(hw.peak_flops_per_s), "hbm_bytes_per_s": hw.hbm_bytes_per_s,
+        "hbm_capacity_bytes": hw.hbm_capacity_bytes, "tdp_w": hw.tdp_w,
+        "price_per_chip_hour_usd": hw.price_per_chip_hour_usd,
+        "overhead_s_per_op": hw.overhead_s_per_op, "path": hw.path,
+        "efficiency": {k: {"axis": v.axis, "points": [list(p) for p in v.points], "source": v.source}
+                       for k, v in hw.efficiency.items()},
+        "measured": dict(hw.measured),
+    }
+
+
+def totals_from_ops(ops: pd.DataFrame, wl: Workload) -> dict[str, Any]:
+    """Per-sample totals (the batch's figures divided by B) and batch-level rates."""
+    B, T = wl.batch, wl.target_len
+    by = ops.groupby("phase")[["flops", "bytes", "time_s"]].sum()
+    get = lambda phase, col: float(by[col].get(phase, 0.0))  # noqa: E731
+    t = {}
+    for phase in ("encoder", "cross_kv", "decoder"):
+        t[f"{phase}_flops"] = get(phase, "flops") / B
+        t[f"{phase}_bytes"] = get(phase, "bytes") / B
+        t[f"{phase}_time_s"] = get(phase, "time_s") / B
+    batch_time = float(ops["time_s"].sum())
+    t["total_flops"] = float(ops["flops"].sum()) / B
+    t["total_bytes"] = float(ops["bytes"].sum()) / B
+    t["time_per_sample_s"] = batch_time / B
+    t["batch_time_s"] = batch_time
+    t["time_per_step_s"] = get("decoder", "time_s") / T
+    t["samples_per_s"] = B / batch_time
+    t["tokens_per_s"] = B * T / batch_time
+    t["decoder_share_of_time"] = get("decoder", "time_s") / batch_time
+    return t
+
+
+def predict(model: ModelSpec, hardware: Hardware, workload: Workload = Workload(),
+            settings: Settings = Settings()) -> Prediction:
+    """The full prediction: the op table, per-sample totals and the memory footprint."""
+    hardware.peak(workload.compute_dtype)  # fail early, naming the missing dtype
+    ops = ops_table(model, hardware, workload, settings)
+    memory = memory_footprint(model, hardware, workload)
+    totals = totals_from_ops(ops, workload)
+    totals["max_batch"] = memory["max_batch"]
+    totals["fits_in_memory"] = memory["fits"]
+    warnings = []
+    if not memory["fits"]:
+        warnings.append(
+            f"batch {workload.batch} needs {memory['peak_bytes'] / 1e9:.1f} GB, more than the "
+            f"{hardware.hbm_capacity_bytes / 1e9:.1f} GB of {hardware.name} (largest batch that fits: "
+            f"{memory['max_batch']}); predicted anyway")
+    return Prediction(model, hardware, workload, settings, ops, totals, memory, warnings)

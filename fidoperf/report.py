@@ -1,0 +1,79 @@
+"""Human-readable summaries of a prediction (terminal table or Markdown)."""
+
+from __future__ import annotations
+
+import pandas as pd
+
+from . import fmt as F
+from .predict import Prediction
+
+PHASE_ORDER = {"encoder": 0, "cross_kv": 1, "decoder": 2}
+
+
+def summed_over_layers(ops: pd.DataFrame) -> pd.DataFrame:
+    """One row per phase and operator, layers added up; bound and intensity recomputed."""
+    num = ["calls", "flops", "bytes", "weight_bytes", "act_bytes", "self_kv_bytes", "cross_kv_bytes",
+           "compute_s", "memory_s", "time_s"]
+    g = ops.assign(layers=1).groupby(["phase", "op", "kind"], sort=False)[num + ["layers"]].sum().reset_index()
+    g["intensity"] = g["flops"] / g["bytes"]
+    g["bound"] = g["compute_s"].ge(g["memory_s"]).map({True: "compute", False: "memory"})
+    return g.sort_values("phase", key=lambda s: s.map(PHASE_ORDER), kind="stable")
+
+
+def _human_ops(df: pd.DataFrame, total_time: float, per_layer: bool) -> pd.DataFrame:
+    out = pd.DataFrame({
+        "phase": df["phase"],
+        **({"layer": df["layer"].astype(object).where(df["layer"].notna(), "-")} if per_layer else
+           {"layers": df["layers"]}),
+        "op": df["op"],
+        "FLOPs": df["flops"].map(lambda v: F.si(v, "FLOP")),
+        "bytes": df["bytes"].map(lambda v: F.si(v, "B")),
+        "FLOP/B": df["intensity"].map(lambda v: f"{v:.3g}"),
+        "bound": df["bound"],
+        "time": df["time_s"].map(F.seconds),
+        "share": (df["time_s"] / total_time).map(lambda v: f"{100 * v:.1f}%"),
+    })
+    return out
+
+
+def prediction_text(pred: Prediction, markdown: bool = False, per_layer: bool = False) -> str:
+    m, hw, wl, t, mem = pred.model, pred.hardware, pred.workload, pred.totals, pred.memory
+    dec = m.decoder
+    ridge = hw.peak(wl.compute_dtype) / hw.hbm_bytes_per_s
+    head = (
+        f"{m.name} on {hw.name} ({hw.kind}): {wl.passages} passages x {wl.passage_len} tokens, "
+        f"{wl.target_len} target tokens, batch {wl.batch}, weights {wl.weight_dtype}, "
+        f"activations {wl.act_dtype}, KV {wl.kv_dtype}, matmuls at {wl.compute_dtype} peak\n"
+        f"decoder: {dec.num_layers} layers, {dec.num_heads} query / {dec.num_kv_heads} key-value heads, "
+        f"cross-attention every {dec.cross_attn_every} ({dec.num_cross_layers} layers); "
+        f"ridge point {ridge:.0f} FLOP/B; overlap model: {pred.settings.overlap}"
+    )
+    rows = []
+    for name, key in [("encoder", "encoder"), ("cross-attn K/V projection", "cross_kv"),
+                      ("decoder (all steps)", "decoder")]:
+        rows.append({"per sample": name, "FLOPs": t[f"{key}_flops"], "bytes": t[f"{key}_bytes"],
+                     "time_s": t[f"{key}_time_s"]})
+    rows.append({"per sample": "total", "FLOPs": t["total_flops"], "bytes": t["total_bytes"],
+                 "time_s": t["time_per_sample_s"]})
+    phases = pd.DataFrame([{
+        "per sample": r["per sample"], "FLOPs": F.si(r["FLOPs"], "FLOP"), "bytes": F.si(r["bytes"], "B"),
+        "FLOP/B": f"{r['FLOPs'] / r['bytes']:.3g}", "time": F.seconds(r["time_s"]),
+        "share": f"{100 * r['time_s'] / t['time_per_sample_s']:.1f}%"} for r in rows])
+    summary = (
+        f"time per sample {F.seconds(t['time_per_sample_s'])}, per decoding step (batch) "
+        f"{F.seconds(t['time_per_step_s'])}, {t['samples_per_s']:.3g} samples/s, "
+        f"{t['tokens_per_s']:.3g} tokens/s per chip\n"
+        f"memory: weights {F.si(mem['weight_bytes'], 'B')}, cross-attn K/V {F.si(mem['cross_kv_bytes'], 'B')}, "
+        f"self-attn K/V {F.si(mem['self_kv_bytes'], 'B')}, peak {F.si(mem['peak_bytes'], 'B')} of "
+        f"{F.si(mem['capacity_bytes'], 'B')}; largest batch that fits: {mem['max_batch']}"
+        + ("" if mem["fits"] else "  ** DOES NOT FIT **")
+    )
+    ops = pred.ops if per_layer else summed_over_layers(pred.ops)
+    op_table = F.text_table(_human_ops(ops, t["batch_time_s"], per_layer), markdown)
+    title = "Operators (whole batch; decoder rows summed over steps"
+    title += ")" if per_layer else ", layers summed)"
+    sep = "\n\n"
+    if markdown:
+        return sep.join([f"**{head}**".replace("\n", "  \n"), F.text_table(phases, True), summary.replace("\n", "  \n"),
+                         f"**{title}**", op_table])
+    return sep.join([head, F.text_table(phases), summary, title, op_table])
