@@ -1,1 +1,192 @@
-"""`fidoperf` commands: bench (see fidoperf/cli.py for the shared options)."""
+"""`fidoperf calibrate`, `fidoperf bench`, `fidoperf validate`: measurements through JAX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from .cli import InputError, check_writable, cli, format_option, output_option, write_atomic, write_output
+
+
+def _device_errors(fn):
+    """JAX missing or a failed device: one line, exit 2."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from .timing import DeviceError
+
+        try:
+            return fn(*args, **kwargs)
+        except DeviceError as err:
+            raise InputError(str(err)) from None
+
+    return wrapper
+
+
+def _echo_err(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _suffix_format(output: Path | None, fmt: str, allowed=("csv", "json")) -> str:
+    if output is None or fmt != "table":
+        return fmt
+    suffix = output.suffix.lstrip(".").lower()
+    if suffix not in allowed:
+        raise InputError(f"{output}: cannot tell the format from the suffix (use {', '.join(allowed)}, "
+                         "or --format)")
+    return suffix
+
+
+def _records_text(records, fmt: str, extra: dict | None = None) -> str:
+    import pandas as pd
+
+    from .fmt import to_json
+
+    if fmt == "json":
+        return to_json({**(extra or {}), "cases": records})
+    return pd.DataFrame(records).to_csv(index=False)
+
+
+@cli.command()
+@click.option("--level", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+              help="quick: fewer sizes (~15 s on a 2-core CPU); full: ~45 s.")
+@click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp32", "bf16"]),
+              help="Matmul dtypes to measure; the first drives the efficiency curves. "
+                   "Default: fp32 on CPU, bf16 and fp32 on accelerators.")
+@output_option("Write the profile YAML here (default: print it).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@_device_errors
+def calibrate(level, dtypes, output, quiet):
+    """Measure this device through JAX and write a hardware profile.
+
+    Peak matmul FLOP/s per dtype, matmul and attention efficiency by rows, cold
+    streaming bandwidth by size for decoding's access patterns, and fixed costs per
+    call and per op. The YAML has the shipped schema (kind: measured, with machine,
+    date and versions) and works at once as `--hardware FILE` with every command.
+    """
+    from .calibrate import calibrate as run, dump_profile
+    from .specs import hardware_from_dict
+    from .timing import import_jax
+
+    check_writable(output)
+    if not dtypes:
+        dtypes = ("fp32",) if import_jax().devices()[0].platform == "cpu" else ("bf16", "fp32")
+    profile = run(level, dtypes, log=None if quiet else _echo_err)
+    text = dump_profile(profile)
+    hardware_from_dict(profile, "calibrated profile")  # the written file must load
+    write_output(text, output)
+    if output:
+        peaks = ", ".join(f"{k} {v['value'] / 1e9:.1f} GFLOP/s" for k, v in profile["peak_flops_per_s"].items())
+        bw = profile["memory"]["bandwidth_bytes_per_s"]["value"]
+        _echo_err(f"wrote {output}: peak {peaks}, bandwidth {bw / 1e9:.1f} GB/s, overhead "
+                  f"{profile['overhead_s_per_call']['value'] * 1e6:.1f} µs/call, "
+                  f"{profile['overhead_s_per_op']['value'] * 1e6:.2f} µs/op")
+
+
+@cli.command()
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
+              help="Dtype of the benchmarked layers (bf16 is slower than fp32 on XLA:CPU).")
+@click.option("--memory-limit-gb", type=float, default=10.0, show_default=True,
+              help="Skip (and list) cases whose inputs need more than this (GiB).")
+@format_option(("table", "csv", "json"))
+@output_option("Write the results here (.csv or .json; the format follows the suffix).")
+@_device_errors
+def bench(suite, dtype, memory_limit_gb, fmt, output):
+    """Run the layer benchmarks and write tidy results.
+
+    Every case records its configuration, the median, min, max and quartiles of its
+    time, the input copies rotated, the model's FLOPs and bytes, XLA's counts, and
+    the device, versions and date.
+    """
+    import pandas as pd
+
+    from .bench import run_cases, suite as make_suite
+    from .timing import environment
+
+    check_writable(output)
+    fmt = _suffix_format(output, fmt)
+    env = environment()
+    records, skipped = run_cases(make_suite(suite, dtype), None, memory_limit_bytes=memory_limit_gb * 2**30)
+    for r in records:
+        r.update({f"env_{k}": v for k, v in env.items()})
+    if fmt == "table":
+        from . import fmt as F
+
+        df = pd.DataFrame(records)
+        view = pd.DataFrame({"case": df["case"], "median": df["measured_s"].map(F.seconds),
+                             "min": df["min_s"].map(F.seconds), "max": df["max_s"].map(F.seconds),
+                             "IQR/median": df["spread"].map(lambda v: f"{100 * v:.0f}%" + (" !" if v > 0.25 else "")),
+                             "FLOPs": df["model_flops"].map(lambda v: F.si(v, "FLOP")),
+                             "bytes": df["model_bytes"].map(lambda v: F.si(v, "B"))})
+        text = f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}\n" + F.text_table(view)
+    else:
+        text = _records_text(records, fmt, {"environment": env, "skipped": skipped})
+    write_output(text, output)
+    for s in skipped:
+        _echo_err(f"skipped {s['case']}: {s['reason']}")
+
+
+@cli.command()
+@click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
+@click.option("--hardware", "-H", default=None,
+              help="Profile to predict with (name or YAML). Default: calibrate this device first.")
+@click.option("--calibration", type=click.Choice(["quick", "full"]), default="full", show_default=True,
+              help="Level of the calibration run when no --hardware is given.")
+@click.option("--save-profile", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the profile calibrated for this run.")
+@click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
+@click.option("--memory-limit-gb", type=float, default=10.0, show_default=True)
+@format_option(("table", "csv", "json"))
+@output_option("Write the results here (.csv or .json) instead of standard output.")
+@_device_errors
+def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb, fmt, output):
+    """Predict every benchmark case, run it, and compare.
+
+    Prints predicted and measured time per case with their ratio, then the median
+    and 90th-percentile absolute relative error and the predicted and measured
+    speedups of MQA over MHA, of layer-sparse over full cross-attention, and of both.
+    """
+    import pandas as pd
+
+    from .bench import run_cases, suite as make_suite
+    from .calibrate import calibrate as run_calibration, dump_profile
+    from .specs import hardware_from_dict, load_hardware
+    from .timing import environment
+    from .validate import summary, summary_text, table
+
+    check_writable(output)
+    check_writable(save_profile)
+    fmt = _suffix_format(output, fmt)
+    if hardware is None:
+        _echo_err(f"calibrating this device ({calibration}) ...")
+        profile = run_calibration(calibration, (dtype,), log=None)
+        hw = hardware_from_dict(profile, "calibrated profile")
+        if save_profile:
+            write_atomic(save_profile, dump_profile(profile).encode())
+    else:
+        hw = load_hardware(hardware)
+    env = environment()
+    records, skipped = run_cases(make_suite(suite, dtype), hw, memory_limit_bytes=memory_limit_gb * 2**30)
+    df = pd.DataFrame(records)
+    s = summary(df)
+    meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite,
+            "skipped": skipped}
+    if fmt == "json":
+        from .fmt import to_json
+
+        text = to_json({**meta, "summary": s, "cases": records})
+    elif fmt == "csv":
+        text = df.to_csv(index=False)
+    else:
+        from . import fmt as F
+
+        text = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}\n"
+                + F.text_table(table(df)) + "\n\n" + summary_text(s))
+        if skipped:
+            text += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
+    write_output(text, output)
+    if output:
+        _echo_err(summary_text(s))

@@ -193,7 +193,8 @@ class Hardware:
     tdp_w: float | None
     price_per_chip_hour_usd: float | None
     efficiency: Mapping[str, Curve]
-    overhead_s_per_op: float = 0.0
+    overhead_s_per_op: float = 0.0  # added to every op call (kernel launch, dispatch)
+    overhead_s_per_call: float = 0.0  # added once per call of a compiled function (validation only)
     sources: Mapping[str, Sourced] = field(default_factory=dict)
     measured: Mapping[str, Any] = field(default_factory=dict)  # machine, date, versions
     vendor: str = ""
@@ -261,6 +262,20 @@ def _curve(raw: Any, where: str, key: str) -> Curve:
     return Curve(tuple(parsed), axis, source)
 
 
+def _overhead(f: _Fields, key: str) -> float:
+    """A fixed time in seconds, measured (with a source) or 0."""
+    o = _Fields(f.raw(key, {"value": 0.0, "source": "none"}), f.where, key + ".")
+    value = _as_number(o.raw("value"), o.err, "value", positive=False)
+    if value < 0:
+        raise o.err("value", f"must not be negative, got {value}")
+    if value and not o.str("source", ""):
+        raise o.err("source", f"a {key} other than 0 must name its source")
+    o.str("source", "")
+    o.str("note", "")
+    o.done()
+    return value
+
+
 def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
     f = _Fields(data, where)
     name = f.str("name")
@@ -297,15 +312,8 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
         efficiency[key] = _curve(e.raw(key), where, f"efficiency.{key}")
     for key in ("compute", "memory"):
         efficiency.setdefault(key, Curve(((1.0, 1.0),), "flops", "pure roofline"))
-    overhead = f.raw("overhead_s_per_op", {"value": 0.0, "source": "none"})
-    o = _Fields(overhead, where, "overhead_s_per_op.")
-    overhead_s = _as_number(o.raw("value"), o.err, "value", positive=False)
-    if overhead_s < 0:
-        raise o.err("value", f"must not be negative, got {overhead_s}")
-    if overhead_s and not o.str("source", ""):
-        raise o.err("source", "a per-op overhead must name its source")
-    o.str("source", ""), o.str("note", "")
-    o.done()
+    overhead_op = _overhead(f, "overhead_s_per_op")
+    overhead_call = _overhead(f, "overhead_s_per_call")
     measured = f.raw("measured", {})
     if kind == "measured":
         m = _Fields(measured, where, "measured.")
@@ -319,7 +327,8 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
         hbm_bytes_per_s=bw.value,
         hbm_capacity_bytes=cap.value,
         efficiency=efficiency,
-        overhead_s_per_op=overhead_s,
+        overhead_s_per_op=overhead_op,
+        overhead_s_per_call=overhead_call,
         sources=sources,
         measured=measured or {},
         vendor=f.str("vendor", ""),

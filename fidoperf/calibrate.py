@@ -1,0 +1,253 @@
+"""Measure the device JAX runs on and write a hardware profile of the shipped schema.
+
+What is measured, each with generic kernels (never the validation's layers):
+- peak matmul FLOP/s per dtype: the best of square GEMMs of several sizes;
+- matmul compute efficiency by rows (M of [M, K] @ [K, N], operands cache-resident):
+  decoding multiplies few rows by each weight, far below peak on most devices;
+- attention compute efficiency by rows (query rows sharing one key/value head,
+  head width 64): multi-query attention has H rows per head, multi-head one;
+- streaming bandwidth, cold (inputs rotated through copies larger than the last
+  cache level), by transfer size, with the access patterns of decoding: a
+  matrix-vector product (weights), per-head attention over a key cache, and a
+  softmax (vector work);
+- fixed costs: per compiled-function call, and per op inside a function.
+
+The peak bandwidth of the profile is the best streaming rate measured; every
+efficiency curve is a measured fraction of these peaks.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+
+import numpy as np
+
+from .timing import RandomPool, copies_for, environment, import_jax, time_compiled
+
+SIZES = {
+    "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 4, 16, 64),
+              "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1},
+    "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+             "att_rows": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+             "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3},
+}
+JNP = {"fp32": "float32", "bf16": "bfloat16"}
+
+
+class Calibrator:
+    def __init__(self, level: str = "full", dtypes=("fp32",), progress=None):
+        self.jax = import_jax()
+        import jax.numpy as jnp
+
+        self.jnp = jnp
+        self.cfg = SIZES[level]
+        self.level = level
+        self.dtypes = tuple(dtypes)
+        self.pool = RandomPool(elements=16 * 2**20)
+        self.log = progress or (lambda msg: None)
+        self.raw: dict[str, list] = {}
+
+    def _time(self, fn, make, working_bytes, cold=True):
+        args = make()
+        compiled = self.jax.jit(fn).lower(*args).compile()
+        copies = copies_for(working_bytes) if cold else 1
+        sets = [args] + [make() for _ in range(copies - 1)]
+        return time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s
+
+    # ------------------------------------------------------------------ fixed costs
+    def overheads(self):
+        jnp = self.jnp
+        x = self.pool.array((8, 64))
+        w = self.pool.array((64, 64), scale=0.125)
+        call = self._time(lambda x: x + 1.0, lambda: (x,), 0, cold=False)
+        n = 64
+
+        def chain(x, w):
+            for _ in range(n):
+                x = jnp.dot(x, w)
+            return x
+
+        per_op = max(0.0, (self._time(chain, lambda: (x, w), 0, cold=False) - call) / n)
+        self.raw["overhead"] = [{"per_call_s": call, "per_op_s": per_op}]
+        return call, per_op
+
+    # ------------------------------------------------------------------ compute
+    def gemm_peak(self, dtype):
+        jnp, rows = self.jnp, []
+        for n in self.cfg["gemm"]:
+            a, b = self.pool.array((n, n), JNP[dtype]), self.pool.array((n, n), JNP[dtype])
+            t = self._time(jnp.dot, lambda a=a, b=b: (a, b), 0, cold=False)
+            rows.append({"n": n, "time_s": t, "flops_per_s": 2 * n**3 / t})
+            self.log(f"GEMM {dtype} {n}^3: {rows[-1]['flops_per_s'] / 1e9:.1f} GFLOP/s")
+        self.raw[f"gemm_{dtype}"] = rows
+        return max(r["flops_per_s"] for r in rows)
+
+    def rows_curve(self, peak, overhead, dtype="fp32", K=1024, N=1024):
+        """Matmul [M, K] @ [K, N] with cache-resident operands."""
+        jnp, pts = self.jnp, []
+        w = self.pool.array((K, N), JNP[dtype], K ** -0.5)
+        for M in self.cfg["rows"]:
+            x = self.pool.array((M, K), JNP[dtype])
+            t = self._time(jnp.dot, lambda x=x: (x, w), 0, cold=False) - overhead
+            rate = 2 * M * K * N / max(t, 1e-9)
+            pts.append((M, min(1.0, rate / peak)))
+        self.raw["matmul_rows"] = [{"rows": m, "efficiency": e} for m, e in pts]
+        return pts
+
+    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=4096, dk=64, B=2):
+        """q f[B, 1, R, dk] against keys f[B, 1, S, dk] (one shared key/value head)."""
+        jnp, pts = self.jnp, []
+        k = self.pool.array((B, 1, S, dk), JNP[dtype])
+        f = lambda q, k: jnp.einsum("bgrk,bgsk->bgrs", q, k)  # noqa: E731
+        for R in self.cfg["att_rows"]:
+            q = self.pool.array((B, 1, R, dk), JNP[dtype])
+            t = self._time(f, lambda q=q: (q, k), 0, cold=False) - overhead
+            rate = 2 * B * R * S * dk / max(t, 1e-9)
+            pts.append((R, min(1.0, rate / peak)))
+        self.raw["attention_rows"] = [{"rows": r, "efficiency": e} for r, e in pts]
+        return pts
+
+    # ------------------------------------------------------------------ bandwidth
+    def stream(self, pattern, overhead, dtype="fp32"):
+        """Bytes/s by transfer size for one access pattern, inputs cold."""
+        jnp, out = self.jnp, []
+        item = np.dtype(JNP[dtype]).itemsize if dtype != "bf16" else 2
+        for mib in self.cfg["stream_mib"]:
+            elems = int(mib * 2**20 / item)
+            if pattern == "matvec":
+                K = 1024
+                N = max(1, elems // K)
+                make = lambda K=K, N=N: (self.pool.array((1, K), JNP[dtype]),  # noqa: E731
+                                         self.pool.array((K, N), JNP[dtype]))
+                fn, nbytes = jnp.dot, K * N * item + (K + N) * item
+            elif pattern == "attention":
+                dk, H = 64, 12
+                S = max(1, elems // (H * dk))
+                make = lambda S=S: (self.pool.array((1, H, 1, dk), JNP[dtype]),  # noqa: E731
+                                    self.pool.array((1, H, S, dk), JNP[dtype]))
+                fn = lambda q, k: jnp.einsum("bgrk,bgsk->bgrs", q, k)  # noqa: E731
+                nbytes = H * S * dk * item + H * S * item
+            else:  # softmax: read and write every element
+                cols = 1024
+                rows = max(1, elems // cols)
+                make = lambda rows=rows: (self.pool.array((rows, cols), JNP[dtype]),)  # noqa: E731
+                fn = lambda x: self.jax.nn.softmax(x, axis=-1)  # noqa: E731
+                nbytes = 2 * rows * cols * item
+            t = self._time(fn, make, nbytes) - overhead
+            out.append((nbytes, nbytes / max(t, 1e-9)))
+            self.log(f"{pattern} {mib} MiB: {out[-1][1] / 1e9:.1f} GB/s")
+        self.raw[f"stream_{pattern}"] = [{"bytes": b, "bytes_per_s": r} for b, r in out]
+        return out
+
+
+def device_memory_bytes(jax) -> tuple[float, str]:
+    dev = jax.devices()[0]
+    try:
+        stats = dev.memory_stats() or {}
+    except Exception:  # noqa: BLE001 - not every backend has memory_stats
+        stats = {}
+    if stats.get("bytes_limit"):
+        return float(stats["bytes_limit"]), "jax Device.memory_stats()['bytes_limit']"
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host RAM (sysconf)"
+    except (ValueError, OSError, AttributeError):  # pragma: no cover
+        return float("nan"), "unknown"
+
+
+def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
+    """Measure this device; returns the profile as a dict ready for YAML."""
+    t0 = time.time()
+    c = Calibrator(level, dtypes, log)
+    env = environment()
+    call, per_op = c.overheads()
+    peaks = {d: c.gemm_peak(d) for d in dtypes}
+    main = dtypes[0]
+    fixed = call + per_op
+    rows = c.rows_curve(peaks[main], fixed, main)
+    att_rows = c.attention_rows_curve(peaks[main], fixed, main)
+    streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax")}
+    peak_bw = max(r for s in streams.values() for _, r in s)
+    mem_bytes, mem_source = device_memory_bytes(c.jax)
+    when = env["date"]
+    src = f"measured by `fidoperf calibrate --level {level}` on {env['device']} ({env['platform']}), {when}"
+
+    def curve(points, axis, what):
+        pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
+        return {"by": axis, "points": [list(p) for p in pts], "source": f"{src}: {what}"}
+
+    def bw_curve(samples, what):
+        return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
+
+    name = f"measured-{env['platform']}"
+    profile = {
+        "name": name,
+        "description": f"{env['device']} ({env['platform']}, {env['cpu_threads_available']} threads "
+                       f"available to JAX), measured with JAX {env['jax']}; {env['cpu'] or ''}".strip(),
+        "vendor": env["platform"],
+        "kind": "measured",
+        "peak_flops_per_s": {d: {"value": float(p), "source": f"{src}: best square GEMM "
+                                 f"({', '.join(str(n) for n in c.cfg['gemm'])})"} for d, p in peaks.items()},
+        "memory": {
+            "capacity_bytes": {"value": mem_bytes, "source": mem_source},
+            "bandwidth_bytes_per_s": {"value": float(peak_bw),
+                                      "source": f"{src}: best cold streaming rate (matrix-vector, "
+                                                "attention over a key cache, softmax)"},
+        },
+        "efficiency": {
+            "compute": {"value": 1.0, "source": "large GEMM at the measured peak"},
+            "memory": bw_curve(streams["matvec"], "matrix-vector product, weights cold, by bytes"),
+            "matmul_compute": curve(rows, "rows", "[M,1024]@[1024,1024] cache-resident, by rows M"),
+            "attention_compute": curve(att_rows, "rows", "query rows per key/value head (d_kv 64), "
+                                                         "keys cache-resident"),
+            "attention_memory": bw_curve(streams["attention"], "per-head attention logits over a cold "
+                                                               "key cache, by bytes"),
+            "vector_memory": bw_curve(streams["softmax"], "softmax over rows of 1024, cold, by bytes"),
+        },
+        "overhead_s_per_op": {"value": float(per_op), "source": f"{src}: chain of 64 dependent small dots"},
+        "overhead_s_per_call": {"value": float(call), "source": f"{src}: a trivial jitted call"},
+        "measured": {
+            "machine": f"{env['host']}: {env['cpu'] or env['device']}",
+            "date": when,
+            "versions": {k: env[k] for k in ("jax", "jaxlib", "numpy", "python")},
+            "threads": env["cpu_threads_available"],
+            "xla_flags": env["xla_flags"],
+            "level": level,
+            "seconds": round(time.time() - t0, 1),
+            "raw": c.raw,
+        },
+        "decisions": (
+            "Measured, not datasheet: peaks are the best rates JAX reached with its own kernels on this "
+            "device; efficiency curves are fractions of those peaks by operation size, interpolated in "
+            "log(size). Nothing here is fitted to the validation cases."),
+    }
+    return profile
+
+
+def _monotone_sizes(points):
+    """Sorted by size, one point per size (curves need strictly increasing sizes)."""
+    out = {}
+    for x, e in sorted(points):
+        out[x] = e
+    return sorted(out.items())
+
+
+def dump_profile(profile: dict) -> str:
+    import yaml
+
+    header = ("# Hardware profile measured by `fidoperf calibrate`. Units: FLOP/s, bytes, bytes/s, s.\n"
+              "# Usable as --hardware FILE with every command.\n")
+    return header + yaml.safe_dump(_plain(profile), sort_keys=False, width=110)
+
+
+def _plain(obj):
+    if isinstance(obj, dict):
+        return {str(k): _plain(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_plain(v) for v in obj]
+    if isinstance(obj, (np.floating, float)):
+        return float(obj) if math.isfinite(obj) else None
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj

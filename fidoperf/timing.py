@@ -1,0 +1,174 @@
+"""An honest JAX timing harness.
+
+Rules (JAX's benchmarking guidance and shared/reference/cpu-jax-notes.md): random
+inputs, never zeros; compile outside the timer (ahead-of-time ``lower().compile()``);
+warm-up calls; ``block_until_ready`` on every output; enough repeats for a stable
+median; the spread reported; the device, versions, threads and date recorded.
+
+Small working sets are rotated through several copies of the inputs so that each
+call reads them from main memory, as the model assumes, instead of from a cache
+warmed by the previous call.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import statistics
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+# A timing whose interquartile range exceeds this fraction of its median is flagged.
+SPREAD_LIMIT = 0.25
+# Rotate inputs until this many bytes are touched between two uses of one copy:
+# 4x the 32 MiB L3 of the development machines (McCalpin's rule for STREAM).
+COLD_BYTES = 128 * 2**20
+MAX_COPIES = 16
+
+
+class DeviceError(RuntimeError):
+    """JAX is missing or its device failed; the CLI prints it as one line."""
+
+
+def import_jax():
+    try:
+        import jax
+        import jax.numpy as jnp  # noqa: F401
+    except ImportError as err:  # pragma: no cover - jax is a dependency
+        raise DeviceError(f"JAX is not installed ({err}); pip install jax") from None
+    try:
+        jax.devices()
+    except RuntimeError as err:
+        raise DeviceError(f"JAX found no usable device: {str(err).splitlines()[0]}") from None
+    return jax
+
+
+def environment() -> dict:
+    """Where and when a measurement was taken."""
+    jax = import_jax()
+    import jaxlib
+
+    dev = jax.devices()[0]
+    cpu = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        pass
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        affinity = os.cpu_count()
+    return {
+        "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "host": platform.node(),
+        "platform": dev.platform,
+        "device": getattr(dev, "device_kind", str(dev)),
+        "device_count": jax.device_count(),
+        "cpu": cpu,
+        "cpu_threads_available": affinity,
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
+        "numpy": np.__version__,
+        "python": platform.python_version(),
+        "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    }
+
+
+class RandomPool:
+    """Random arrays made fast: one pool of uniform(-1, 1) values, generated once,
+    from which arrays are cut at shifting offsets (arrays larger than the pool
+    repeat its values; dense kernels do not depend on the values, only on them
+    not being zeros or special). Generating fresh random data costs ~2.6 s/GB here."""
+
+    def __init__(self, elements: int = 64 * 2**20, seed: int = 0):
+        jax = import_jax()
+        import jax.numpy as jnp
+
+        self.jax, self.jnp = jax, jnp
+        self.pool = jax.random.uniform(jax.random.PRNGKey(seed), (elements,), jnp.float32, -1.0, 1.0)
+        self.offset = 0
+
+    def array(self, shape, dtype="float32", scale: float = 1.0):
+        jnp = self.jnp
+        n = int(np.prod(shape))
+        size = self.pool.shape[0]
+        parts, need = [], n
+        while need > 0:
+            start = self.offset % size
+            take = min(need, size - start)
+            parts.append(self.pool[start:start + take])
+            self.offset += take + 7919  # a prime shift, so copies differ
+            need -= take
+        flat = parts[0] if len(parts) == 1 else jnp.concatenate(parts)
+        out = (flat.reshape(shape) * scale).astype(dtype)
+        return out.block_until_ready()
+
+
+@dataclass(frozen=True)
+class Timing:
+    median_s: float
+    min_s: float
+    max_s: float
+    q1_s: float
+    q3_s: float
+    repeats: int
+    copies: int
+
+    @property
+    def spread(self) -> float:
+        """Interquartile range over the median."""
+        return (self.q3_s - self.q1_s) / self.median_s if self.median_s > 0 else float("inf")
+
+    @property
+    def noisy(self) -> bool:
+        return self.spread > SPREAD_LIMIT
+
+    def as_dict(self) -> dict:
+        return {"measured_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s,
+                "q1_s": self.q1_s, "q3_s": self.q3_s, "repeats": self.repeats,
+                "input_copies": self.copies, "spread": self.spread, "noisy": self.noisy}
+
+
+def copies_for(working_set_bytes: float) -> int:
+    """How many input copies make every call read its inputs from main memory."""
+    if working_set_bytes <= 0:
+        return 1
+    return int(min(MAX_COPIES, max(1, np.ceil(COLD_BYTES / working_set_bytes))))
+
+
+def time_compiled(compiled, arg_sets, *, min_time_s: float = 0.3, min_repeats: int = 7,
+                  max_repeats: int = 200, warmup: int = 2) -> Timing:
+    """Median wall time of ``compiled(*args)`` cycling through ``arg_sets``.
+
+    ``compiled`` is an AOT-compiled JAX function, so no compilation is timed."""
+    jax = import_jax()
+    calls = 0
+    for _ in range(warmup):
+        jax.block_until_ready(compiled(*arg_sets[calls % len(arg_sets)]))
+        calls += 1
+    times: list[float] = []
+    start = time.perf_counter()
+    while len(times) < max_repeats and (len(times) < min_repeats or time.perf_counter() - start < min_time_s):
+        args = arg_sets[calls % len(arg_sets)]
+        t0 = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        times.append(time.perf_counter() - t0)
+        calls += 1
+    q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
+    return Timing(statistics.median(times), min(times), max(times), q[0], q[2], len(times), len(arg_sets))
+
+
+def cost_analysis(stage) -> dict:
+    """XLA's cost analysis of a lowered or compiled function as one dict: JAX returns
+    a dict, older versions a list of one dict, some backends None."""
+    try:
+        ca = stage.cost_analysis()
+    except Exception:  # noqa: BLE001 - best-effort API, documented as such by JAX
+        return {}
+    if isinstance(ca, (list, tuple)):
+        ca = ca[0] if ca else {}
+    return dict(ca or {})

@@ -1,0 +1,213 @@
+"""The JAX layers, the timing harness, calibration and validation (on the CPU).
+
+These tests check that the harness measures what it claims (times grow with the
+work, predictions follow the configuration, XLA agrees on the FLOPs), never how
+fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+from click.testing import CliRunner
+
+from fidoperf import bench, load_hardware
+from fidoperf.cli import cli
+from fidoperf.specs import hardware_from_dict
+from fidoperf.timing import Timing, cost_analysis, time_compiled
+
+jax = pytest.importorskip("jax")
+jnp = jax.numpy
+
+
+@pytest.fixture(scope="module")
+def calibrated():
+    from fidoperf.calibrate import calibrate
+
+    profile = calibrate("quick", ("fp32",))
+    return profile, hardware_from_dict(profile, "calibrated profile")
+
+
+@pytest.fixture(scope="module")
+def quick_run(calibrated):
+    _, hw = calibrated
+    cases = bench.suite("quick")
+    records, skipped = bench.run_cases(cases, hw, progress=False, min_time_s=0.1)
+    return pd.DataFrame(records), skipped
+
+
+# --------------------------------------------------------------------------- layers
+
+
+def test_decoder_step_matches_full_attention_reference():
+    """The cache-free current-token trick equals attention over the written cache."""
+    from fidoperf import layers as L
+    from fidoperf.specs import load_model
+
+    dec = load_model("fido-base").decoder
+    d = L.Dims.of(dec)
+    rand = L.normal_init(jax.random.PRNGKey(0))
+    p = L.init_layer(rand, d, jnp.float32)
+    B, t = 2, 5
+    x = rand((B, d.D), jnp.float32, 1.0)
+    k, v = rand((B, d.G, t - 1, d.dk), jnp.float32, 1.0), rand((B, d.G, t - 1, d.dk), jnp.float32, 1.0)
+    out, k_new, v_new = L.decoder_layer_step(p, x, k, v, None, None, d)
+    # reference: write the new key/value into the cache, attend over all t positions
+    h = L.rms_norm(x, p["attn_norm"])
+    q = (h @ p["qkv"])[:, : d.H * d.dk].reshape(B, d.G, d.R, d.dk)
+    kk = jnp.concatenate([k, k_new[:, :, None]], axis=2)
+    vv = jnp.concatenate([v, v_new[:, :, None]], axis=2)
+    att = L._attend(q, kk, vv).reshape(B, d.H * d.dk)
+    x2 = x + att @ p["attn_out"]
+    ref = x2 + L.mlp(L.rms_norm(x2, p["mlp_norm"]), p, d)
+    np.testing.assert_allclose(np.asarray(out), np.asarray(ref), rtol=2e-5, atol=2e-5)
+
+
+def test_generate_runs_and_lsa_placement():
+    from fidoperf import layers as L
+    from fidoperf.specs import load_model, override_model
+
+    m = override_model(load_model("fido-small"), decoder_layers=6, encoder_layers=1, cross_attn_every=3)
+    p = L.init_model(L.normal_init(jax.random.PRNGKey(1)), m, jnp.float32)
+    assert [i for i, lp in enumerate(p["dec"]["layers"]) if "cross_kv" in lp] == [2, 5]
+    toks = jax.random.randint(jax.random.PRNGKey(2), (2, 3, 16), 0, m.vocab_size)
+    out = jax.jit(lambda p, t: L.generate(p, t, m, 4))(p, toks)
+    assert out.shape == (2, 4)
+    assert int(out.min()) >= 0 and int(out.max()) < m.vocab_size
+
+
+# --------------------------------------------------------------------------- harness
+
+
+def test_cost_analysis_accepts_dict_list_and_none():
+    class Stage:
+        def __init__(self, value):
+            self.value = value
+
+        def cost_analysis(self):
+            return self.value
+
+    assert cost_analysis(Stage({"flops": 3.0}))["flops"] == 3.0
+    assert cost_analysis(Stage([{"flops": 4.0, "bytes accessed": 8.0}]))["bytes accessed"] == 8.0
+    assert cost_analysis(Stage(None)) == {}
+    assert cost_analysis(Stage([])) == {}
+
+
+def test_hlo_dot_flops_counts_a_known_einsum():
+    q, k = jnp.ones((2, 3, 5, 64)), jnp.ones((2, 3, 100, 64))
+    lowered = jax.jit(lambda q, k: jnp.einsum("bgrk,bgsk->bgrs", q, k)).lower(q, k)
+    assert bench.hlo_dot_flops(lowered.as_text()) == 2 * 2 * 3 * 5 * 100 * 64
+
+
+def test_timing_excludes_compile_and_reports_spread():
+    x = jnp.asarray(np.random.default_rng(0).standard_normal((256, 256)), jnp.float32)
+    compiled = jax.jit(lambda x: x @ x).lower(x).compile()
+    t = time_compiled(compiled, [(x,)], min_time_s=0.05, min_repeats=5)
+    assert isinstance(t, Timing)
+    assert t.min_s <= t.q1_s <= t.median_s <= t.q3_s <= t.max_s
+    assert t.repeats >= 5
+    assert t.as_dict()["noisy"] == (t.spread > 0.25)
+
+
+def test_suites_cover_what_the_issue_asks():
+    full = bench.suite("full")
+    steps = [c for c in full if c.kind == "decoder_step"]
+    assert {c.attention for c in steps} == {"MHA", "GQA", "MQA"}
+    assert {c.cross_attn_every for c in steps} == {1, 2, 6}
+    assert {c.decoder_size for c in full} == {"base", "large"}
+    assert min(c.batch for c in full) == 1 and max(c.batch for c in full) == 32
+    assert min(c.passages for c in full) == 10 and max(c.passages for c in full) == 100
+    assert len({c.name for c in full}) == len(full)
+
+
+def test_case_prediction_follows_batch_and_passages():
+    hw = load_hardware("a100-80gb")
+    base = bench.Case("decoder_layer", batch=4, passages=10, passage_len=64, step=8)
+    more_batch = bench.predict_case(bench.Case("decoder_layer", batch=16, passages=10, passage_len=64, step=8), hw)
+    more_pass = bench.predict_case(bench.Case("decoder_layer", batch=4, passages=40, passage_len=64, step=8), hw)
+    p = bench.predict_case(base, hw)
+    assert more_batch["predicted_s"] > p["predicted_s"]
+    assert more_pass["predicted_s"] > p["predicted_s"]
+    assert more_batch["model_flops"] == pytest.approx(4 * p["model_flops"], rel=0.01)
+
+
+# --------------------------------------------------------------------------- calibration and validation
+
+
+def test_calibrated_profile_is_a_usable_measured_profile(calibrated, tmp_path):
+    profile, hw = calibrated
+    assert hw.kind == "measured"
+    for key in ("machine", "date", "versions"):
+        assert profile["measured"][key]
+    assert hw.peak("fp32") > 1e9  # more than a GFLOP/s: a real measurement happened
+    assert hw.hbm_bytes_per_s > 1e8
+    small, large = hw.curve("matmul", "compute")(1), hw.curve("matmul", "compute")(1024)
+    assert 0 < small < large <= 1.0  # one row is far less efficient than a thousand
+    from fidoperf.calibrate import dump_profile
+
+    path = tmp_path / "cpu.yaml"
+    path.write_text(dump_profile(profile))
+    result = CliRunner().invoke(cli, ["predict", "--hardware", str(path), "--dtype", "fp32", "-f", "json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["hardware"]["kind"] == "measured"
+
+
+def test_quick_validation_catches_a_broken_harness(quick_run):
+    df, skipped = quick_run
+    assert not skipped
+    by = df.set_index("case")
+    layers = df[(df["kind"] == "decoder_layer") & (df["attention"] == "MHA")].sort_values("passages")
+    # four times the passages: four times the cross-attention cache to read
+    assert layers["measured_s"].iloc[-1] > 1.5 * layers["measured_s"].iloc[0]
+    assert layers["predicted_s"].iloc[-1] > 1.5 * layers["predicted_s"].iloc[0]
+    # every prediction and measurement is a positive time, with its spread recorded
+    assert (df["measured_s"] > 0).all() and (df["predicted_s"] > 0).all()
+    assert {"min_s", "max_s", "q1_s", "q3_s", "spread", "noisy", "repeats"} <= set(df.columns)
+    # the calculator's matmul FLOPs agree with XLA's HLO within 2%
+    assert ((df["matmul_flops_ratio"] - 1).abs() < 0.02).all(), df[["case", "matmul_flops_ratio"]]
+    assert ((df["flops_ratio"] - 1).abs() < 0.05).all()
+    # predictions are in the right ballpark on the machine they were calibrated on
+    assert df["ratio"].between(0.2, 5).all(), by["ratio"]
+
+
+def test_validation_summary_speedups(quick_run):
+    from fidoperf.validate import summary
+
+    df, _ = quick_run
+    s = summary(df)
+    assert s["cases"] == len(df)
+    assert 0 <= s["median_abs_rel_error"] <= s["p90_abs_rel_error"]
+    both = s["speedups"]["both"]
+    assert both["pairs"] == 1 and both["predicted"] > 1
+
+
+def test_validate_cli_json(calibrated, tmp_path):
+    from fidoperf.calibrate import dump_profile
+
+    profile, _ = calibrated
+    path = tmp_path / "cpu.yaml"
+    path.write_text(dump_profile(profile))
+    out = tmp_path / "v.json"
+    result = CliRunner().invoke(cli, ["validate", "--hardware", str(path), "--output", str(out)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(out.read_text())
+    assert {"median_abs_rel_error", "p90_abs_rel_error", "speedups"} <= set(data["summary"])
+    assert {"predicted_s", "measured_s", "min_s", "max_s", "case"} <= set(data["cases"][0])
+    assert data["environment"]["jax"] == jax.__version__
+
+
+def test_missing_device_is_one_line(monkeypatch):
+    from fidoperf import timing
+
+    def broken():
+        raise timing.DeviceError("JAX found no usable device: test")
+
+    monkeypatch.setattr(timing, "import_jax", broken)
+    monkeypatch.setattr("fidoperf.calibrate.import_jax", broken)
+    result = CliRunner().invoke(cli, ["calibrate", "--level", "quick"])
+    assert result.exit_code == 2
+    assert "Traceback" not in result.output
+    assert "no usable device" in result.output
