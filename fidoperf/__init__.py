@@ -27,11 +27,11 @@ _EXPORTS = {
     "override_model": "specs",
     "model_names": "specs",
     "hardware_names": "specs",
-    "Settings": "predict",
-    "Prediction": "predict",
-    "predict": "predict",
-    "ops_table": "predict",
-    "memory_footprint": "predict",
+    "Settings": "prediction",
+    "Prediction": "prediction",
+    "predict": "prediction",
+    "ops_table": "prediction",
+    "memory_footprint": "prediction",
 }
 
 __all__ = sorted(_EXPORTS)

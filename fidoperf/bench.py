@@ -5,7 +5,7 @@ cross-attention key/value projection, one decoding step of one decoder layer, on
 decoding step through a whole decoder (embedding to argmax), or a whole sample
 (encode and greedy decode). For each case this module builds random inputs, times
 it (:mod:`fidoperf.timing`), predicts it from a hardware profile with the cost model
-(:mod:`fidoperf.costs`, :func:`fidoperf.predict.op_times`), and compares the
+(:mod:`fidoperf.costs`, :func:`fidoperf.prediction.op_times`), and compares the
 model's FLOPs and bytes with XLA's own count of the lowered function.
 """
 
@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from . import costs
-from .predict import Settings, op_times, ops_table
+from .prediction import Settings, op_times, ops_table
 from .specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
 
 KINDS = ("encoder_layer", "cross_kv", "decoder_layer", "decoder_step", "generate")
@@ -254,7 +254,7 @@ def xla_check(case: Case, lowered, compiled, model: dict) -> dict:
 
 def estimated_bytes(case: Case) -> float:
     """Rough input bytes of one argument set (weights, caches, activations)."""
-    from .predict import memory_footprint
+    from .prediction import memory_footprint
 
     m, wl = case.model, case.workload
     b = DTYPE_BYTES[wl.act_dtype]

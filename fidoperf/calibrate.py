@@ -8,8 +8,8 @@ What is measured, each with generic kernels (never the validation's layers):
   head width 64): multi-query attention has H rows per head, multi-head one;
 - streaming bandwidth, cold (inputs rotated through copies larger than the last
   cache level), by transfer size, with the access patterns of decoding: a
-  matrix-vector product (weights), per-head attention over a key cache, and a
-  softmax (vector work);
+  matrix-vector product (weights), per-head attention over a key cache, a
+  softmax, and an elementwise RMS norm (norms, residuals, activations);
 - fixed costs: per compiled-function call, and per op inside a function.
 
 The peak bandwidth of the profile is the best streaming rate measured; every
@@ -27,10 +27,10 @@ import numpy as np
 from .timing import RandomPool, copies_for, environment, import_jax, time_compiled
 
 SIZES = {
-    "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 4, 16, 64),
+    "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 3, 4, 12, 16, 64),
               "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1},
     "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
-             "att_rows": (1, 2, 4, 8, 16, 32, 64, 128, 256),
+             "att_rows": (1, 2, 3, 4, 8, 12, 16, 32, 64, 128),
              "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3},
 }
 JNP = {"fp32": "float32", "bf16": "bfloat16"}
@@ -49,12 +49,16 @@ class Calibrator:
         self.log = progress or (lambda msg: None)
         self.raw: dict[str, list] = {}
 
-    def _time(self, fn, make, working_bytes, cold=True):
+    def _time(self, fn, make, working_bytes, cold=True, fixed=0.0):
+        """Median time of one call, less the fixed costs ``fixed`` (per call and per
+        op, which the model adds separately), but never below a quarter of it: a
+        measurement dominated by fixed costs says little about rates."""
         args = make()
         compiled = self.jax.jit(fn).lower(*args).compile()
         copies = copies_for(working_bytes) if cold else 1
         sets = [args] + [make() for _ in range(copies - 1)]
-        return time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s
+        t = time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s
+        return max(t - fixed, 0.25 * t)
 
     # ------------------------------------------------------------------ fixed costs
     def overheads(self):
@@ -70,6 +74,7 @@ class Calibrator:
             return x
 
         per_op = max(0.0, (self._time(chain, lambda: (x, w), 0, cold=False) - call) / n)
+        self.per_op = per_op
         self.raw["overhead"] = [{"per_call_s": call, "per_op_s": per_op}]
         return call, per_op
 
@@ -90,21 +95,31 @@ class Calibrator:
         w = self.pool.array((K, N), JNP[dtype], K ** -0.5)
         for M in self.cfg["rows"]:
             x = self.pool.array((M, K), JNP[dtype])
-            t = self._time(jnp.dot, lambda x=x: (x, w), 0, cold=False) - overhead
-            rate = 2 * M * K * N / max(t, 1e-9)
+            t = self._time(jnp.dot, lambda x=x: (x, w), 0, cold=False, fixed=overhead)
+            rate = 2 * M * K * N / t
             pts.append((M, min(1.0, rate / peak)))
         self.raw["matmul_rows"] = [{"rows": m, "efficiency": e} for m, e in pts]
         return pts
 
-    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=4096, dk=64, B=2):
-        """q f[B, 1, R, dk] against keys f[B, 1, S, dk] (one shared key/value head)."""
+    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=1024, dk=64, B=16, G=4):
+        """Attention of R query rows per key/value head over B x G heads of S keys
+        each: logits and the probability-weighted sum of values, with the kernels of
+        fidoperf.layers, operands cache-resident. The model charges each of the two
+        products half of this pair's time per FLOP."""
+        from .layers import attention_logits
+
         jnp, pts = self.jnp, []
-        k = self.pool.array((B, 1, S, dk), JNP[dtype])
-        f = lambda q, k: jnp.einsum("bgrk,bgsk->bgrs", q, k)  # noqa: E731
+        k = self.pool.array((B, G, S, dk), JNP[dtype])
+        v = self.pool.array((B, G, S, dk), JNP[dtype])
+
+        def f(q, p, k, v):
+            return attention_logits(q, k), jnp.einsum("bgrs,bgsk->bgrk", p, v)
+
         for R in self.cfg["att_rows"]:
-            q = self.pool.array((B, 1, R, dk), JNP[dtype])
-            t = self._time(f, lambda q=q: (q, k), 0, cold=False) - overhead
-            rate = 2 * B * R * S * dk / max(t, 1e-9)
+            q = self.pool.array((B, G, R, dk), JNP[dtype])
+            p = self.pool.array((B, G, R, S), JNP[dtype])
+            t = self._time(f, lambda q=q, p=p: (q, p, k, v), 0, cold=False, fixed=overhead + self.per_op)
+            rate = 2 * 2 * B * G * R * S * dk / t
             pts.append((R, min(1.0, rate / peak)))
         self.raw["attention_rows"] = [{"rows": r, "efficiency": e} for r, e in pts]
         return pts
@@ -127,16 +142,24 @@ class Calibrator:
                 S = max(1, elems // (H * dk))
                 make = lambda S=S: (self.pool.array((1, H, 1, dk), JNP[dtype]),  # noqa: E731
                                     self.pool.array((1, H, S, dk), JNP[dtype]))
-                fn = lambda q, k: jnp.einsum("bgrk,bgsk->bgrs", q, k)  # noqa: E731
+                from .layers import attention_logits as fn
+
                 nbytes = H * S * dk * item + H * S * item
+            elif pattern == "elementwise":  # an RMS norm: read and write every element
+                cols = 1024
+                rows = max(1, elems // cols)
+                make = lambda rows=rows: (self.pool.array((rows, cols), JNP[dtype]),  # noqa: E731
+                                          self.pool.array((cols,), JNP[dtype]))
+                fn = lambda x, w: x * self.jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w  # noqa: E731
+                nbytes = 2 * rows * cols * item
             else:  # softmax: read and write every element
                 cols = 1024
                 rows = max(1, elems // cols)
                 make = lambda rows=rows: (self.pool.array((rows, cols), JNP[dtype]),)  # noqa: E731
                 fn = lambda x: self.jax.nn.softmax(x, axis=-1)  # noqa: E731
                 nbytes = 2 * rows * cols * item
-            t = self._time(fn, make, nbytes) - overhead
-            out.append((nbytes, nbytes / max(t, 1e-9)))
+            t = self._time(fn, make, nbytes, fixed=overhead)
+            out.append((nbytes, nbytes / t))
             self.log(f"{pattern} {mib} MiB: {out[-1][1] / 1e9:.1f} GB/s")
         self.raw[f"stream_{pattern}"] = [{"bytes": b, "bytes_per_s": r} for b, r in out]
         return out
@@ -167,14 +190,18 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     fixed = call + per_op
     rows = c.rows_curve(peaks[main], fixed, main)
     att_rows = c.attention_rows_curve(peaks[main], fixed, main)
-    streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax")}
-    peak_bw = max(r for s in streams.values() for _, r in s)
+    streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax", "elementwise")}
+    # the peak: the best rate over transfers of 16 MiB or more, where fixed costs are
+    # negligible (smaller ones are on the curves, as fractions of it, capped at 1)
+    peak_bw = max(r for s in streams.values() for b, r in s if b >= 16 * 2**20)
     mem_bytes, mem_source = device_memory_bytes(c.jax)
     when = env["date"]
     src = f"measured by `fidoperf calibrate --level {level}` on {env['device']} ({env['platform']}), {when}"
 
-    def curve(points, axis, what):
+    def curve(points, axis, what, running_max=False):
         pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
+        if running_max:  # a product of more rows can always run as several smaller ones
+            pts = [(x, max(e for _, e in pts[: i + 1])) for i, (x, _) in enumerate(pts)]
         return {"by": axis, "points": [list(p) for p in pts], "source": f"{src}: {what}"}
 
     def bw_curve(samples, what):
@@ -198,12 +225,15 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
         "efficiency": {
             "compute": {"value": 1.0, "source": "large GEMM at the measured peak"},
             "memory": bw_curve(streams["matvec"], "matrix-vector product, weights cold, by bytes"),
-            "matmul_compute": curve(rows, "rows", "[M,1024]@[1024,1024] cache-resident, by rows M"),
+            "matmul_compute": curve(rows, "rows", "[M,1024]@[1024,1024] cache-resident, by rows M "
+                                                  "(running maximum)", running_max=True),
             "attention_compute": curve(att_rows, "rows", "query rows per key/value head (d_kv 64), "
-                                                         "keys cache-resident"),
+                                                         "keys cache-resident (running maximum)",
+                                       running_max=True),
             "attention_memory": bw_curve(streams["attention"], "per-head attention logits over a cold "
                                                                "key cache, by bytes"),
-            "vector_memory": bw_curve(streams["softmax"], "softmax over rows of 1024, cold, by bytes"),
+            "softmax_memory": bw_curve(streams["softmax"], "softmax over rows of 1024, cold, by bytes"),
+            "vector_memory": bw_curve(streams["elementwise"], "RMS norm over rows of 1024, cold, by bytes"),
         },
         "overhead_s_per_op": {"value": float(per_op), "source": f"{src}: chain of 64 dependent small dots"},
         "overhead_s_per_call": {"value": float(call), "source": f"{src}: a trivial jitted call"},

@@ -29,6 +29,10 @@ class FidoGroup(click.Group):
             return super().invoke(ctx)
         except SpecError as err:
             raise InputError(str(err)) from None
+        except click.exceptions.NoArgsIsHelpError:
+            raise
+        except click.UsageError as err:  # click's own four-line usage errors, as one line
+            raise InputError(err.format_message()) from None
         except MemoryError:
             raise InputError("out of memory: try a smaller grid or suite") from None
 
@@ -104,7 +108,7 @@ def format_option(formats=FORMATS, default="table"):
 
 
 def output_option(help_text="Write to this file instead of standard output."):
-    return click.option("--output", "-o", type=click.Path(dir_okay=False, path_type=Path), help=help_text)
+    return click.option("--output", "-o", type=click.Path(path_type=Path), help=help_text)
 
 
 def build_model(model, kv_heads=None, cross_attn_every=None, encoder_size=None, decoder_size=None,
@@ -124,7 +128,7 @@ def build_workload(passages, passage_len, target_len, batch, dtype, **_):
 
 
 def build_settings(overlap="roofline", no_efficiency=False, **_):
-    from .predict import Settings
+    from .prediction import Settings
 
     return Settings(overlap=overlap, efficiency=not no_efficiency)
 
@@ -149,6 +153,9 @@ def write_atomic(path: Path, data: bytes) -> None:
         fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{path.name}.", suffix=".tmp")
     except OSError as err:
         raise InputError(f"{path}: cannot write: {err.strerror}") from None
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)  # mkstemp makes 0600; a written file gets the usual mode
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -186,7 +193,7 @@ def list_cmd(fmt):
     hws = [load_hardware(n) for n in hardware_names()]
     models = [load_model(n) for n in model_names()]
     if fmt == "json":
-        from .predict import hardware_dict, model_dict
+        from .prediction import hardware_dict, model_dict
 
         click.echo(F.to_json({"hardware": [hardware_dict(h) for h in hws],
                               "models": [model_dict(m) for m in models]}))
@@ -224,7 +231,7 @@ def predict(fmt, output, per_layer, hardware, **kw):
     Every option has a default: a bare `fidoperf predict` is FiDO-Base on TPU v4 in
     the FiDO paper's setting. Decoder rows are summed over the decoding steps.
     """
-    from .predict import predict as run_predict
+    from .prediction import predict as run_predict
     from .specs import load_hardware
 
     check_writable(output)

@@ -16,7 +16,7 @@ Dimension letters (flaxformer names in brackets):
 
 Conventions:
 - FLOPs: 2 per multiply-add for matrix products. Non-matmul work is listed as its
-  own ops (kind "vector"), with these per-element counts: RMS norm 4 (square,
+  own ops (kinds "softmax" and "vector"), with these per-element counts: RMS norm 4 (square,
   accumulate, scale, weight), softmax 5 (position-bias add, max, subtract+exp,
   sum, divide), GELU (tanh form) 8 plus 1 for the gate product, residual add 1.
 - Bytes: each op reads its inputs from and writes its outputs to main memory
@@ -46,7 +46,7 @@ class Op:
     """Cost of one call of one operator, for the whole batch."""
 
     op: str
-    kind: str  # matmul (weights) | attention (QK^T, PV) | vector | gather
+    kind: str  # matmul (weights) | attention (QK^T, PV) | softmax | vector (elementwise) | gather
     flops: object
     weight_bytes: object = 0
     act_bytes: object = 0
@@ -89,7 +89,7 @@ def attention(prefix: str, Q, Kv, H, G, dk, a, c, kv_source: str, groups=1) -> l
     rows = Q * H / G
     logits = Op(f"{prefix}_logits", "attention", 2 * scores * dk, rows=rows,
                 act_bytes=q_or_out + scores * a + on_act, **cache)
-    softmax = Op(f"{prefix}_softmax", "vector", SOFTMAX_FLOPS * scores, act_bytes=2 * scores * a, rows=rows)
+    softmax = Op(f"{prefix}_softmax", "softmax", SOFTMAX_FLOPS * scores, act_bytes=2 * scores * a, rows=rows)
     values = Op(f"{prefix}_values", "attention", 2 * scores * dk, rows=rows,
                 act_bytes=scores * a + q_or_out + on_act, **cache)
     return [logits, softmax, values]
@@ -189,10 +189,8 @@ def stack_params(D, H, G, dk, F, n_in, L, cross_layers=0, D_enc=None, num_bucket
     self_attn = D * (H + 2 * G) * dk + H * dk * D
     mlp_p = (n_in + 1) * D * F
     layer = self_attn + mlp_p + 2 * D
-    cross = 0
-    if cross_layers:
-        D_enc = D if D_enc is None else D_enc
-        cross = cross_layers * (D * H * dk + D_enc * 2 * G * dk + H * dk * D + D)
+    D_enc = D if D_enc is None else D_enc
+    cross = cross_layers * (D * H * dk + D_enc * 2 * G * dk + H * dk * D + D)
     return L * layer + cross + D + num_buckets * H
 
 

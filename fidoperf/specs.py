@@ -1,7 +1,7 @@
 """Specs: hardware profiles, model architectures and workloads, read from YAML and validated once.
 
 Data flows one way: YAML -> the frozen dataclasses here -> pure cost functions
-(:mod:`fidoperf.costs`) -> DataFrames (:mod:`fidoperf.predict`). Every problem in a
+(:mod:`fidoperf.costs`) -> DataFrames (:mod:`fidoperf.prediction`). Every problem in a
 file raises :class:`~fidoperf.errors.SpecError` naming the file and the field.
 
 Units: FLOP/s, bytes (decimal: 1 GB = 1e9 B; GiB = 2**30 B), bytes/s, seconds, W.
@@ -10,6 +10,7 @@ Units: FLOP/s, bytes (decimal: 1 GB = 1e9 B; GiB = 2**30 B), bytes/s, seconds, W
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,7 +36,7 @@ DTYPE_PRESETS = {
     "fp8": ("fp8", "bf16", "bf16", "fp8"),
 }
 
-OP_KINDS = ("matmul", "attention", "vector", "gather")
+OP_KINDS = ("matmul", "attention", "softmax", "vector", "gather")
 EFFICIENCY_KEYS = ("compute", "memory") + tuple(
     f"{k}_{r}" for k in OP_KINDS for r in ("compute", "memory")
 )
@@ -130,6 +131,11 @@ class _Fields:
 
 
 def _as_number(value: Any, err, key: str, positive: bool = True) -> float:
+    if isinstance(value, str):  # YAML 1.1 reads 1e12 (no dot) as a string
+        try:
+            value = float(value)
+        except ValueError:
+            raise err(key, f"expected a number, got {value!r}") from None
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise err(key, f"expected a number, got {value!r}")
     if not math.isfinite(value):
@@ -414,6 +420,7 @@ class ModelSpec:
 STACK_FIELDS = ("num_layers", "emb_dim", "num_heads", "num_kv_heads", "head_dim", "mlp_dim")
 
 
+@functools.lru_cache(maxsize=1)
 def t5_family() -> dict[str, Any]:
     """The T5 v1.1 sizes and vocabulary (models/sizes/t5-v1.1.yaml)."""
     return read_yaml(_data_dir("models") / "sizes" / "t5-v1.1.yaml")
@@ -426,7 +433,7 @@ def t5_sizes() -> dict[str, dict[str, Any]]:
 def _stack(raw: Any, where: str, key: str, is_decoder: bool, sizes: Mapping[str, Any]) -> StackSpec:
     f = _Fields(raw, where, key + ".")
     values: dict[str, Any] = {}
-    size = f.raw("size", None)
+    size = f.str("size", None)
     if size is not None:
         if size not in sizes:
             raise f.err("size", f"unknown T5 v1.1 size {size!r} (known: {', '.join(sizes)})")

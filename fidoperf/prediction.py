@@ -53,7 +53,7 @@ def peak_for(kind: str, hw: Hardware, compute_dtype: str, act_dtype: str) -> flo
 
 
 def _size(op: costs.Op, axis: str):
-    return {"flops": op.flops, "bytes": op.bytes, "rows": op.rows}[axis]
+    return getattr(op, axis)
 
 
 def op_times(op: costs.Op, hw: Hardware, compute_dtype: str, act_dtype: str,
