@@ -361,8 +361,21 @@ def run_cases(cases: list[Case], hw: Hardware | None = None, *, memory_limit_byt
     return records, skipped
 
 
+class _NoProgress:
+    def set_description(self, _):
+        pass
+
+    def update(self, n=1):
+        pass
+
+    def close(self):
+        pass
+
+
 def _progress(total: int, enabled: bool):
+    if not enabled:
+        return _NoProgress()
     from tqdm.auto import tqdm
 
     # disable=None: shown on a terminal, silent in logs and pipes
-    return tqdm(total=total, disable=None if enabled else True, unit="case", leave=False, dynamic_ncols=True)
+    return tqdm(total=total, disable=None, unit="case", leave=False, dynamic_ncols=True)

@@ -101,7 +101,7 @@ class Calibrator:
         self.raw["matmul_rows"] = [{"rows": m, "efficiency": e} for m, e in pts]
         return pts
 
-    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=1024, dk=64, B=16, G=4):
+    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=4096, dk=64, B=2, G=4):
         """Attention of R query rows per key/value head over B x G heads of S keys
         each: logits and the probability-weighted sum of values, with the kernels of
         fidoperf.layers, operands cache-resident. The model charges each of the two
@@ -127,42 +127,43 @@ class Calibrator:
     # ------------------------------------------------------------------ bandwidth
     def stream(self, pattern, overhead, dtype="fp32"):
         """Bytes/s by transfer size for one access pattern, inputs cold."""
-        jnp, out = self.jnp, []
-        item = np.dtype(JNP[dtype]).itemsize if dtype != "bf16" else 2
+        out = []
+        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
         for mib in self.cfg["stream_mib"]:
-            elems = int(mib * 2**20 / item)
-            if pattern == "matvec":
-                K = 1024
-                N = max(1, elems // K)
-                make = lambda K=K, N=N: (self.pool.array((1, K), JNP[dtype]),  # noqa: E731
-                                         self.pool.array((K, N), JNP[dtype]))
-                fn, nbytes = jnp.dot, K * N * item + (K + N) * item
-            elif pattern == "attention":
-                dk, H = 64, 12
-                S = max(1, elems // (H * dk))
-                make = lambda S=S: (self.pool.array((1, H, 1, dk), JNP[dtype]),  # noqa: E731
-                                    self.pool.array((1, H, S, dk), JNP[dtype]))
-                from .layers import attention_logits as fn
+            fn, shapes, nbytes = _stream_kernel(self.jax, pattern, int(mib * 2**20 / item), item)
 
-                nbytes = H * S * dk * item + H * S * item
-            elif pattern == "elementwise":  # an RMS norm: read and write every element
-                cols = 1024
-                rows = max(1, elems // cols)
-                make = lambda rows=rows: (self.pool.array((rows, cols), JNP[dtype]),  # noqa: E731
-                                          self.pool.array((cols,), JNP[dtype]))
-                fn = lambda x, w: x * self.jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w  # noqa: E731
-                nbytes = 2 * rows * cols * item
-            else:  # softmax: read and write every element
-                cols = 1024
-                rows = max(1, elems // cols)
-                make = lambda rows=rows: (self.pool.array((rows, cols), JNP[dtype]),)  # noqa: E731
-                fn = lambda x: self.jax.nn.softmax(x, axis=-1)  # noqa: E731
-                nbytes = 2 * rows * cols * item
+            def make(shapes=shapes):
+                return tuple(self.pool.array(shape, JNP[dtype]) for shape in shapes)
+
             t = self._time(fn, make, nbytes, fixed=overhead)
             out.append((nbytes, nbytes / t))
             self.log(f"{pattern} {mib} MiB: {out[-1][1] / 1e9:.1f} GB/s")
         self.raw[f"stream_{pattern}"] = [{"bytes": b, "bytes_per_s": r} for b, r in out]
         return out
+
+
+def _stream_kernel(jax, pattern: str, elems: int, item: int):
+    """(function, input shapes, bytes moved) of a streaming kernel over ``elems``
+    elements of its main operand."""
+    jnp = jax.numpy
+    if pattern == "matvec":  # weights read by one row of activations
+        K = 1024
+        N = max(1, elems // K)
+        return jnp.dot, [(1, K), (K, N)], (K * N + K + N) * item
+    if pattern == "attention":  # one query per head against a key cache
+        from .layers import attention_logits
+
+        dk, H = 64, 12
+        S = max(1, elems // (H * dk))
+        return attention_logits, [(1, H, 1, dk), (1, H, S, dk)], (H * S * dk + H * S) * item
+    rows, cols = max(1, elems // 1024), 1024
+    if pattern == "elementwise":  # an RMS norm: read and write every element
+
+        def rms(x, w):
+            return x * jax.lax.rsqrt(jnp.mean(x * x, -1, keepdims=True) + 1e-6) * w
+
+        return rms, [(rows, cols), (cols,)], 2 * rows * cols * item
+    return (lambda x: jax.nn.softmax(x, axis=-1)), [(rows, cols)], 2 * rows * cols * item
 
 
 def device_memory_bytes(jax) -> tuple[float, str]:

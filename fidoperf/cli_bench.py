@@ -66,7 +66,8 @@ def calibrate(level, dtypes, output, quiet):
     call and per op. The YAML has the shipped schema (kind: measured, with machine,
     date and versions) and works at once as `--hardware FILE` with every command.
     """
-    from .calibrate import calibrate as run, dump_profile
+    from .calibrate import calibrate as run
+    from .calibrate import dump_profile
     from .specs import hardware_from_dict
     from .timing import import_jax
 
@@ -103,7 +104,8 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
     """
     import pandas as pd
 
-    from .bench import run_cases, suite as make_suite
+    from .bench import run_cases
+    from .bench import suite as make_suite
     from .timing import environment
 
     check_writable(output)
@@ -151,8 +153,10 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     """
     import pandas as pd
 
-    from .bench import run_cases, suite as make_suite
-    from .calibrate import calibrate as run_calibration, dump_profile
+    from .bench import run_cases
+    from .bench import suite as make_suite
+    from .calibrate import calibrate as run_calibration
+    from .calibrate import dump_profile
     from .specs import hardware_from_dict, load_hardware
     from .timing import environment
     from .validate import summary, summary_text, table
@@ -174,19 +178,18 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     s = summary(df)
     meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite,
             "skipped": skipped}
-    if fmt == "json":
-        from .fmt import to_json
+    from . import fmt as F
 
-        text = to_json({**meta, "summary": s, "cases": records})
+    human = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}\n"
+             + F.text_table(table(df)) + "\n\n" + summary_text(s))
+    if skipped:
+        human += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
+    if fmt == "json":
+        text = F.to_json({**meta, "summary": s, "cases": records})
     elif fmt == "csv":
         text = df.to_csv(index=False)
     else:
-        from . import fmt as F
-
-        text = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}\n"
-                + F.text_table(table(df)) + "\n\n" + summary_text(s))
-        if skipped:
-            text += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
+        text = human
     write_output(text, output)
-    if output:
-        _echo_err(summary_text(s))
+    if output:  # the file holds the data; the terminal still gets the table
+        click.echo(human)

@@ -46,7 +46,7 @@ class Dims:
         return self.H // self.G
 
     @classmethod
-    def of(cls, s: StackSpec) -> "Dims":
+    def of(cls, s: StackSpec) -> Dims:
         return cls(s.emb_dim, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim, s.mlp_in_mats)
 
 

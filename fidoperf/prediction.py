@@ -10,7 +10,6 @@ self-attention cache grows by one token a step) and summed over the T steps.
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 

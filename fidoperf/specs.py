@@ -12,9 +12,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import yaml
 
@@ -413,7 +414,7 @@ class ModelSpec:
     source: str = ""
     path: str = ""
 
-    def replace(self, **changes) -> "ModelSpec":
+    def replace(self, **changes) -> ModelSpec:
         return dataclasses.replace(self, **changes)
 
 
@@ -575,13 +576,13 @@ class Workload:
                                 f"unknown dtype {getattr(self, name)!r} (known: {', '.join(DTYPE_BYTES)})")
 
     @classmethod
-    def with_dtype(cls, dtype: str = "bf16", **fields) -> "Workload":
+    def with_dtype(cls, dtype: str = "bf16", **fields) -> Workload:
         if dtype not in DTYPE_PRESETS:
             raise SpecError("--dtype", "", f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_PRESETS)})")
         w, a, kv, c = DTYPE_PRESETS[dtype]
         return cls(weight_dtype=w, act_dtype=a, kv_dtype=kv, compute_dtype=c, **fields)
 
-    def replace(self, **changes) -> "Workload":
+    def replace(self, **changes) -> Workload:
         return dataclasses.replace(self, **changes)
 
     @property

@@ -75,6 +75,8 @@ def environment() -> dict:
         "numpy": np.__version__,
         "python": platform.python_version(),
         "xla_flags": os.environ.get("XLA_FLAGS", ""),
+        # other work on the machine moves timings by up to 1.6x (cpu-jax-notes.md)
+        "load_average_1min": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
     }
 
 
