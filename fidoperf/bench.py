@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from . import costs
-from .prediction import Settings, op_times, ops_table
+from .prediction import Settings, dtype_bytes, op_times, ops_table, stack_dims
 from .specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
 
 KINDS = ("encoder_layer", "cross_kv", "decoder_layer", "decoder_step", "generate")
@@ -93,11 +93,10 @@ class Case:
 def case_ops(case: Case) -> list[costs.Op]:
     """The ops the cost model says one call of the case runs (not for generate)."""
     m, wl = case.model, case.workload
-    w, a, c = DTYPE_BYTES[wl.weight_dtype], DTYPE_BYTES[wl.act_dtype], DTYPE_BYTES[wl.kv_dtype]
+    w, a, c = dtype_bytes(wl)
     B, P, N, t = case.batch, case.passages, case.passage_len, case.step
     e, d = m.encoder, m.decoder
-    ed = (e.emb_dim, e.num_heads, e.num_kv_heads, e.head_dim, e.mlp_dim, e.mlp_in_mats)
-    dd = (d.emb_dim, d.num_heads, d.num_kv_heads, d.head_dim, d.mlp_dim, d.mlp_in_mats)
+    ed, dd = stack_dims(e), stack_dims(d)
     if case.kind == "encoder_layer":
         return costs.encoder_layer(*ed, B, P, N, w, a)
     if case.kind == "cross_kv":
@@ -262,8 +261,7 @@ def estimated_bytes(case: Case) -> float:
     S = case.passages * case.passage_len
     cross = 2 * case.batch * d.num_kv_heads * S * d.head_dim * b
     if case.kind == "encoder_layer":
-        return costs.stack_params(e.emb_dim, e.num_heads, e.num_kv_heads, e.head_dim, e.mlp_dim,
-                                  e.mlp_in_mats, 1) * b + case.batch * S * e.emb_dim * b * 6
+        return costs.stack_params(*stack_dims(e), 1) * b + case.batch * S * e.emb_dim * b * 6
     if case.kind == "cross_kv":
         return case.batch * S * e.emb_dim * b + cross
     if case.kind == "decoder_layer":

@@ -37,14 +37,12 @@ JNP = {"fp32": "float32", "bf16": "bfloat16"}
 
 
 class Calibrator:
-    def __init__(self, level: str = "full", dtypes=("fp32",), progress=None):
+    def __init__(self, level: str = "full", progress=None):
         self.jax = import_jax()
         import jax.numpy as jnp
 
         self.jnp = jnp
         self.cfg = SIZES[level]
-        self.level = level
-        self.dtypes = tuple(dtypes)
         self.pool = RandomPool(elements=16 * 2**20)
         self.log = progress or (lambda msg: None)
         self.raw: dict[str, list] = {}
@@ -183,7 +181,7 @@ def device_memory_bytes(jax) -> tuple[float, str]:
 def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     """Measure this device; returns the profile as a dict ready for YAML."""
     t0 = time.time()
-    c = Calibrator(level, dtypes, log)
+    c = Calibrator(level, log)
     env = environment()
     call, per_op = c.overheads()
     peaks = {d: c.gemm_peak(d) for d in dtypes}

@@ -201,11 +201,12 @@ def init_decoder(rand, dec: StackSpec, dtype, vocab: int, D_enc: int) -> dict:
     }
 
 
-def decoder_step(p, tokens, self_ks, self_vs, cross_ks, cross_vs, dec: StackSpec):
+def decoder_step(p, tokens, self_ks, self_vs, cross_ks, cross_vs, dec: StackSpec, mask=None):
     """One greedy decoding step through the whole decoder: embedding, every layer,
     final norm, logits over the vocabulary, argmax. ``cross_ks``/``cross_vs`` hold
-    one cache per cross-attention layer, in layer order. Returns the next tokens and
-    the new keys and values of every layer."""
+    one cache per cross-attention layer, in layer order; ``mask`` as in
+    :func:`decoder_layer_step`. Returns the next tokens and the new keys and values
+    of every layer."""
     d = Dims.of(dec)
     x = jnp.take(p["embed"], tokens, axis=0)
     new_k, new_v, c = [], [], 0
@@ -213,7 +214,7 @@ def decoder_step(p, tokens, self_ks, self_vs, cross_ks, cross_vs, dec: StackSpec
         ck = cv = None
         if has_cross(i, dec.cross_attn_every):
             ck, cv, c = cross_ks[c], cross_vs[c], c + 1
-        x, k, v = decoder_layer_step(lp, x, self_ks[i], self_vs[i], ck, cv, d)
+        x, k, v = decoder_layer_step(lp, x, self_ks[i], self_vs[i], ck, cv, d, mask)
         new_k.append(k)
         new_v.append(v)
     logits = rms_norm(x, p["final_norm"]) @ p["logits"]
@@ -261,20 +262,9 @@ def generate(p, passages, model, target_len: int):
     def step(carry, t):
         tokens, ks, vs = carry
         mask = (jnp.arange(target_len) < t)[None, None, None, :]
-        x = jnp.take(p["dec"]["embed"], tokens, axis=0)
-        c = 0
-        new_k, new_v = [], []
-        for i, lp in enumerate(p["dec"]["layers"]):
-            ck = cv = None
-            if has_cross(i, dec.cross_attn_every):
-                ck, cv, c = cross_ks[c], cross_vs[c], c + 1
-            x, k, v = decoder_layer_step(lp, x, ks[i], vs[i], ck, cv, dd, mask)
-            new_k.append(k)
-            new_v.append(v)
+        nxt, new_k, new_v = decoder_step(p["dec"], tokens, ks, vs, cross_ks, cross_vs, dec, mask)
         ks = jax.lax.dynamic_update_slice(ks, jnp.stack(new_k)[:, :, :, None, :], (0, 0, 0, t, 0))
         vs = jax.lax.dynamic_update_slice(vs, jnp.stack(new_v)[:, :, :, None, :], (0, 0, 0, t, 0))
-        logits = rms_norm(x, p["dec"]["final_norm"]) @ p["dec"]["logits"]
-        nxt = jnp.argmax(logits, axis=-1).astype(tokens.dtype)
         return (nxt, ks, vs), nxt
 
     start = jnp.zeros((B,), jnp.int32)

@@ -70,22 +70,24 @@ def op_times(op: costs.Op, hw: Hardware, compute_dtype: str, act_dtype: str,
     return compute_s, memory_s, time_s
 
 
-def _dtype_bytes(wl: Workload):
+def dtype_bytes(wl: Workload) -> tuple[int, int, int]:
+    """Bytes per element of weights, activations and KV caches."""
     return DTYPE_BYTES[wl.weight_dtype], DTYPE_BYTES[wl.act_dtype], DTYPE_BYTES[wl.kv_dtype]
 
 
-def _stack_dims(s: StackSpec):
+def stack_dims(s: StackSpec) -> tuple[int, int, int, int, int, int]:
+    """(D, H, G, dk, F, n_in) of a stack, the argument order of the costs functions."""
     return s.emb_dim, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim, s.mlp_in_mats
 
 
 def operator_list(model: ModelSpec, wl: Workload):
     """Every op call of one batch: (phase, layer or None, Op, calls). Decoder ops hold
     arrays over the T steps (calls = 1 each step)."""
-    w, a, c = _dtype_bytes(wl)
+    w, a, c = dtype_bytes(wl)
     B, P, N, T = wl.batch, wl.passages, wl.passage_len, wl.target_len
     enc, dec = model.encoder, model.decoder
-    De, He, Ge, dke, Fe, ne = _stack_dims(enc)
-    Dd, Hd, Gd, dkd, Fd, nd = _stack_dims(dec)
+    De, He, Ge, dke, Fe, ne = stack_dims(enc)
+    Dd, Hd, Gd, dkd, Fd, nd = stack_dims(dec)
     steps = np.arange(1, T + 1)
     out = [("encoder", None, costs.encoder_embed(De, B, P, N, w, a), 1)]
     layer_ops = costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a)
@@ -130,10 +132,10 @@ def ops_table(model: ModelSpec, hw: Hardware, wl: Workload, settings: Settings =
 
 def memory_footprint(model: ModelSpec, hw: Hardware, wl: Workload) -> dict[str, Any]:
     """Bytes of weights, caches and activations, and the largest batch that fits."""
-    w, a, c = _dtype_bytes(wl)
+    w, a, c = dtype_bytes(wl)
     enc, dec = model.encoder, model.decoder
     m = costs.memory_terms(
-        *_stack_dims(enc), enc.num_layers, *_stack_dims(dec), dec.num_layers, dec.num_cross_layers,
+        *stack_dims(enc), enc.num_layers, *stack_dims(dec), dec.num_layers, dec.num_cross_layers,
         model.vocab_size, wl.batch, wl.passages, wl.passage_len, wl.target_len, w, a, c,
         hw.hbm_capacity_bytes)
     out = {k: float(v) for k, v in m.items()}

@@ -57,7 +57,7 @@ import pandas as pd
 
 from . import costs
 from .errors import SpecError
-from .prediction import OVERLAP_MODELS, Settings, op_times
+from .prediction import OVERLAP_MODELS, Settings, op_times, stack_dims
 from .specs import (
     DTYPE_BYTES,
     DTYPE_PRESETS,
@@ -452,10 +452,6 @@ def _sum_ops(ops, args, bound: bool = False) -> _Sum:
     return s
 
 
-def _stack_dims(s):
-    return s.emb_dim, s.num_heads, s.num_kv_heads, s.head_dim, s.mlp_dim, s.mlp_in_mats
-
-
 def _evaluate(
     model: ModelSpec, hw: Hardware, dt, settings: Settings, X: dict, nd: int, bad, dst: dict
 ) -> None:
@@ -464,8 +460,8 @@ def _evaluate(
     ``bad`` marks impossible rows (None: all possible), whose figures become NaN."""
     w, a, c, comp_dt, act_dt = dt
     enc, dec = model.encoder, model.decoder
-    De, He, Ge, dke, Fe, ne = _stack_dims(enc)
-    Dd, Hd, _, dkd, Fd, nd_in = _stack_dims(dec)
+    De, He, Ge, dke, Fe, ne = stack_dims(enc)
+    Dd, Hd, _, dkd, Fd, nd_in = stack_dims(dec)
     V = model.vocab_size
     B, P, N, T = X["batch"], X["passages"], X["passage_len"], X["target_len"]
     G, K, Le, Ld = X["kv_heads"], X["cross_attn_every"], X["encoder_layers"], X["decoder_layers"]
@@ -601,9 +597,9 @@ def _write_memory(model: ModelSpec, hw: Hardware, X: dict, Lc, w, a, c, nd: int,
     """``costs.memory_terms`` over the group's arrays, into peak_memory_bytes,
     max_batch and fits."""
     enc, dec = model.encoder, model.decoder
-    Dd, Hd, _, dkd, Fd, nd_in = _stack_dims(dec)
+    Dd, Hd, _, dkd, Fd, nd_in = stack_dims(dec)
     m = costs.memory_terms(
-        *_stack_dims(enc),
+        *stack_dims(enc),
         X["encoder_layers"],
         Dd,
         Hd,

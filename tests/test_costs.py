@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from reference import T5  # tests/reference.py
 
 from fidoperf.prediction import (
     Settings,
@@ -25,15 +26,6 @@ from fidoperf.prediction import (
 )
 from fidoperf.specs import Workload, load_model, model_names, override_model
 
-# T5 v1.1 shapes: size -> (layers, heads, d_kv, d_model, d_ff), encoder = decoder.
-# Source: flaxformer t5_1_1_{size}.gin, as tabled in shared/reference/fido.md.
-T5 = {
-    "small": (8, 6, 64, 512, 1024),
-    "base": (12, 12, 64, 768, 2048),
-    "large": (24, 16, 64, 1024, 2816),
-    "xl": (24, 32, 64, 2048, 5120),
-    "xxl": (24, 64, 64, 4096, 10240),
-}
 VOCAB = 32128
 BF16 = 2  # bytes per element
 

@@ -12,20 +12,11 @@ import numbers
 import pytest
 import yaml
 from click.testing import CliRunner
+from reference import T5  # tests/reference.py
 
 from fidoperf.cli import cli
 from fidoperf.errors import SpecError
 from fidoperf.specs import hardware_names, load_hardware, load_model, model_names
-
-# T5 v1.1 shapes: size -> (layers, heads, d_kv, d_model, d_ff), from the flaxformer gin files
-# (shared/reference/fido.md); encoder and decoder alike.
-T5 = {
-    "small": (8, 6, 64, 512, 1024),
-    "base": (12, 12, 64, 768, 2048),
-    "large": (24, 16, 64, 1024, 2816),
-    "xl": (24, 32, 64, 2048, 5120),
-    "xxl": (24, 64, 64, 4096, 10240),
-}
 
 # Datasheet tensor-core figures WITH 2:4 structured sparsity (the ones printed with "*").
 # A dense peak must be about half of these; a profile at or near them took sparse as dense.
