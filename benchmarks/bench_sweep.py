@@ -1,5 +1,5 @@
 """Throughput of fidoperf.sweep.sweep (configurations per second) on grids of 1e3 to 1e6
-points, against calling fidoperf.prediction.predict once per configuration in a loop.
+points, against calling fidoperf.costmodel.prediction.predict once per configuration in a loop.
 
     .venv/bin/python benchmarks/bench_sweep.py                # all cores it may use
     taskset -c 0 .venv/bin/python benchmarks/bench_sweep.py   # one core
@@ -24,7 +24,7 @@ import time
 import numpy as np
 import pandas as pd
 
-from fidoperf.prediction import Settings, predict
+from fidoperf.costmodel.prediction import Settings, predict
 from fidoperf.specs import Workload, load_hardware, load_model, override_model
 from fidoperf.sweep import parse_vary, sweep
 

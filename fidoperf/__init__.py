@@ -1,11 +1,25 @@
-"""fidoperf: a roofline performance model of FiD and FiDO inference.
+"""fidoperf: a performance model of FiD and FiDO (Fusion-in-Decoder) inference.
 
-Library use::
+The public API, in one place (everything else is internal and may move)::
 
     import fidoperf as fp
-    p = fp.predict(fp.load_model("fido-base"), fp.load_hardware("tpu-v4"), fp.Workload(batch=24))
+    model, hw = fp.load_model("fido-base"), fp.load_hardware("tpu-v4")   # names or YAML paths
+    p = fp.predict(model, hw, fp.Workload(batch=24))
     p.ops          # DataFrame, one row per operator and layer
     p.totals       # per-sample FLOPs, bytes, time; max batch
+    p.memory       # weights, caches, activations, largest batch
+
+    from fidoperf.sweep import parse_vary, sweep        # vectorised what-if grids
+
+The package is arranged by stage, and imports point one way, downwards:
+
+    cli/        the command line (click), a thin layer over the rest
+    present/    tables, plots, reports
+    whatif/     sweeps and capacity plans
+    measure/    JAX layers, timing, calibrate, bench, validate
+    costmodel/  FLOPs and bytes per operator, times, totals, memory
+    specs/      YAML -> validated frozen dataclasses (hardware, model, workload)
+    errors.py   the one error type for bad input
 
 Attributes are imported on first use so that ``fidoperf --help`` stays fast.
 """
@@ -27,11 +41,11 @@ _EXPORTS = {
     "override_model": "specs",
     "model_names": "specs",
     "hardware_names": "specs",
-    "Settings": "prediction",
-    "Prediction": "prediction",
-    "predict": "prediction",
-    "ops_table": "prediction",
-    "memory_footprint": "prediction",
+    "Settings": "costmodel.prediction",
+    "Prediction": "costmodel.prediction",
+    "predict": "costmodel.prediction",
+    "ops_table": "costmodel.prediction",
+    "memory_footprint": "costmodel.prediction",
 }
 
 __all__ = sorted(_EXPORTS)

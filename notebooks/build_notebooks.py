@@ -87,9 +87,9 @@ def cells_01() -> list[tuple[str, str]]:
         from IPython.display import Markdown, display
 
         import fidoperf as fp
-        from fidoperf import plots
-        from fidoperf.fmt import text_table
-        from fidoperf.report import summed_over_layers
+        from fidoperf.present import plots
+        from fidoperf.present.fmt import text_table
+        from fidoperf.present.report import summed_over_layers
 
         pd.set_option("display.width", 160)
         pd.set_option("display.max_columns", 30)
@@ -507,9 +507,10 @@ def cells_02() -> list[tuple[str, str]]:
         from IPython.display import Markdown, display
 
         import fidoperf as fp
-        from fidoperf import plots
-        from fidoperf.fmt import text_table
-        from fidoperf.plan import ASSUMPTIONS, best_table, plan, summary_line
+        from fidoperf.present import plots
+        from fidoperf.present.fmt import text_table
+        from fidoperf.present.plan_report import best_table, summary_line
+        from fidoperf.whatif.plan import ASSUMPTIONS, plan
         from fidoperf.sweep import best, parse_vary, sweep
 
         pd.set_option("display.width", 160)
@@ -813,13 +814,13 @@ def cells_03() -> list[tuple[str, str]]:
         fidoperf's claim to usefulness is that its predictions, made from a measured hardware profile,
         match what JAX actually takes. This notebook checks it end to end on whatever device runs it:
 
-        1. calibrate this device (`fidoperf.calibrate.calibrate("quick")`: peak matmul rate, streaming
+        1. calibrate this device (`fidoperf.measure.calibrate.calibrate("quick")`: peak matmul rate, streaming
            bandwidth by size, small-matmul and attention efficiency by rows, fixed costs per call and op;
            generic kernels, never the layers below);
-        2. run the quick benchmark suite (`fidoperf.bench.suite("quick")`: encoder layer, cross-attention
+        2. run the quick benchmark suite (`fidoperf.measure.bench.suite("quick")`: encoder layer, cross-attention
            K/V projection, decoder layers and whole decoding steps with MHA and MQA, LSA; fp32, small
            shapes) and predict each case from the calibrated profile;
-        3. compare: error statistics (`fidoperf.validate.summary`) and a parity plot.
+        3. compare: error statistics (`fidoperf.measure.validate.summary`) and a parity plot.
 
         **The numbers below come from the machine that executed this notebook**, at that moment (see the
         next cell); on a shared 2-core CPU single timings move by 5-25% between runs. The full
@@ -837,10 +838,11 @@ def cells_03() -> list[tuple[str, str]]:
         from IPython.display import Markdown, display
         from matplotlib.ticker import FuncFormatter, LogLocator
 
-        from fidoperf import bench, validate
-        from fidoperf.calibrate import calibrate
+        from fidoperf.measure import bench, validate
+        from fidoperf.present.report import validation_table
+        from fidoperf.measure.calibrate import calibrate
         from fidoperf.specs import hardware_from_dict
-        from fidoperf.timing import environment
+        from fidoperf.measure.timing import environment
 
         pd.set_option("display.width", 160)
         pd.set_option("display.max_colwidth", 80)
@@ -893,7 +895,7 @@ def cells_03() -> list[tuple[str, str]]:
         results.index = pd.RangeIndex(1, len(results) + 1, name="#")
         print(f"{len(records)} of {len(cases)} cases in {bench_s:.0f} s; skipped: "
               + ("; ".join(f"{s['case']} ({s['reason']})" for s in skipped) or "none"))
-        validate.table(results).set_index(results.index)
+        validation_table(results).set_index(results.index)
         """),
         md("""
         ## 3. Predicted against measured

@@ -14,10 +14,11 @@ import pandas as pd
 import pytest
 from click.testing import CliRunner
 
-from fidoperf import bench, load_hardware
+from fidoperf import load_hardware
 from fidoperf.cli import cli
+from fidoperf.measure import bench
+from fidoperf.measure.timing import Timing, cost_analysis, time_compiled
 from fidoperf.specs import hardware_from_dict
-from fidoperf.timing import Timing, cost_analysis, time_compiled
 
 jax = pytest.importorskip("jax")
 jnp = jax.numpy
@@ -25,7 +26,7 @@ jnp = jax.numpy
 
 @pytest.fixture(scope="module")
 def calibrated():
-    from fidoperf.calibrate import calibrate
+    from fidoperf.measure.calibrate import calibrate
 
     profile = calibrate("quick", ("fp32",))
     return profile, hardware_from_dict(profile, "calibrated profile")
@@ -44,7 +45,7 @@ def quick_run(calibrated):
 
 def test_decoder_step_matches_full_attention_reference():
     """The cache-free current-token trick equals attention over the written cache."""
-    from fidoperf import layers as L
+    from fidoperf.measure import layers as L
     from fidoperf.specs import load_model
 
     dec = load_model("fido-base").decoder
@@ -67,7 +68,7 @@ def test_decoder_step_matches_full_attention_reference():
 
 
 def test_generate_runs_and_lsa_placement():
-    from fidoperf import layers as L
+    from fidoperf.measure import layers as L
     from fidoperf.specs import load_model, override_model
 
     m = override_model(load_model("fido-small"), decoder_layers=6, encoder_layers=1, cross_attn_every=3)
@@ -146,7 +147,7 @@ def test_calibrated_profile_is_a_usable_measured_profile(calibrated, tmp_path):
     assert hw.hbm_bytes_per_s > 1e8
     small, large = hw.curve("matmul", "compute")(1), hw.curve("matmul", "compute")(1024)
     assert 0 < small < large <= 1.0  # one row is far less efficient than a thousand
-    from fidoperf.calibrate import dump_profile
+    from fidoperf.measure.calibrate import dump_profile
 
     path = tmp_path / "cpu.yaml"
     path.write_text(dump_profile(profile))
@@ -175,7 +176,7 @@ def test_quick_validation_catches_a_broken_harness(quick_run):
 
 
 def test_validation_summary_speedups(quick_run):
-    from fidoperf.validate import summary
+    from fidoperf.measure.validate import summary
 
     df, _ = quick_run
     s = summary(df)
@@ -186,7 +187,7 @@ def test_validation_summary_speedups(quick_run):
 
 
 def test_validate_cli_json(calibrated, tmp_path):
-    from fidoperf.calibrate import dump_profile
+    from fidoperf.measure.calibrate import dump_profile
 
     profile, _ = calibrated
     path = tmp_path / "cpu.yaml"
@@ -201,13 +202,13 @@ def test_validate_cli_json(calibrated, tmp_path):
 
 
 def test_missing_device_is_one_line(monkeypatch):
-    from fidoperf import timing
+    from fidoperf.measure import timing
 
     def broken():
         raise timing.DeviceError("JAX found no usable device: test")
 
     monkeypatch.setattr(timing, "import_jax", broken)
-    monkeypatch.setattr("fidoperf.calibrate.import_jax", broken)
+    monkeypatch.setattr("fidoperf.measure.calibrate.import_jax", broken)
     result = CliRunner().invoke(cli, ["calibrate", "--level", "quick"])
     assert result.exit_code == 2
     assert "Traceback" not in result.output

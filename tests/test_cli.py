@@ -224,10 +224,10 @@ def test_python_m_fidoperf(repo_root):
 
 def test_package_level_predict_is_the_function():
     """The example in fidoperf/__init__.py's docstring, after anything imported the module
-    fidoperf.prediction (the CLI, fidoperf.report and fp.Settings all do)."""
+    fidoperf.costmodel.prediction (the CLI, fidoperf.present.report and fp.Settings all do)."""
     import fidoperf as fp
 
-    fp.Settings  # noqa: B018 (imports fidoperf.prediction, as any real session does)
+    fp.Settings  # noqa: B018 (imports fidoperf.costmodel.prediction, as any real session does)
     assert not inspect.ismodule(fp.predict), "fidoperf.predict is the submodule, not the function"
     p = fp.predict(fp.load_model("fido-base"), fp.load_hardware("tpu-v4"), fp.Workload(batch=24))
     assert p.totals["time_per_sample_s"] > 0
@@ -267,7 +267,7 @@ def test_installed_wheel_ships_its_data(tmp_path, repo_root):
     assert install.returncode == 0, install.stderr[-3000:]
     code = (
         "import json, fidoperf\n"
-        "from fidoperf.prediction import predict\n"
+        "from fidoperf.costmodel.prediction import predict\n"
         "hw, m = fidoperf.load_hardware('tpu-v4'), fidoperf.load_model('fido-base')\n"
         "p = predict(m, hw, fidoperf.Workload())\n"
         "print(json.dumps({'pkg': fidoperf.__file__, 'hw': hw.path, 'model': m.path,\n"

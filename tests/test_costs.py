@@ -15,7 +15,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from reference import T5  # tests/reference.py
 
-from fidoperf.prediction import (
+from fidoperf.costmodel.prediction import (
     Settings,
     memory_footprint,
     model_dict,

@@ -231,7 +231,7 @@ def test_notebook_02_what_if(kernel_env):
 
 @pytest.mark.slow
 def test_notebook_03_validation(kernel_env):
-    from fidoperf import bench
+    from fidoperf.measure import bench
 
     nb = execute("03_validation.ipynb")
     assert_clean(nb, "03")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from fidoperf.prediction import predict
+from fidoperf.costmodel.prediction import predict
 from fidoperf.specs import Workload, load_model, override_model
 
 SETTING = Workload()

@@ -10,11 +10,11 @@ import re
 import pytest
 from click.testing import CliRunner
 
-from fidoperf import plan as P
 from fidoperf.cli import cli
+from fidoperf.costmodel.prediction import predict
 from fidoperf.errors import SpecError
-from fidoperf.prediction import predict
 from fidoperf.specs import Workload, load_hardware, load_model
+from fidoperf.whatif import plan as P
 
 WL = Workload(passages=40, passage_len=256, target_len=32, batch=1)
 SMALL = ["--passages", "10", "--passage-len", "64", "--target-len", "4"]

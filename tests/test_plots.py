@@ -11,11 +11,11 @@ import pytest
 from click.testing import CliRunner
 from matplotlib.text import Text
 
-from fidoperf import plots
 from fidoperf.cli import cli
-from fidoperf.cli_plots import load_variant
+from fidoperf.cli.plots import load_variant
+from fidoperf.costmodel.prediction import predict
 from fidoperf.errors import SpecError
-from fidoperf.prediction import predict
+from fidoperf.present import plots
 from fidoperf.specs import Workload, load_hardware, load_model, override_model
 
 WL = Workload(passages=20, passage_len=128, target_len=8, batch=8)

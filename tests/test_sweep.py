@@ -1,7 +1,7 @@
 """fidoperf.sweep and `fidoperf sweep`: a grid row equals the single-configuration
 prediction, --vary parsing, infeasible rows, the memory flag, and the CLI end to end.
 
-The reference for every figure is :func:`fidoperf.prediction.predict` (per-op pandas
+The reference for every figure is :func:`fidoperf.costmodel.prediction.predict` (per-op pandas
 tables, step by step), a different code path from the broadcasting evaluator.
 """
 
@@ -20,12 +20,12 @@ from click.testing import CliRunner
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fidoperf.sweep as sweep_mod
+import fidoperf.whatif.sweep as sweep_mod
 from fidoperf.cli import cli
+from fidoperf.costmodel.prediction import Settings, predict
 from fidoperf.errors import SpecError
-from fidoperf.prediction import Settings, predict
 from fidoperf.specs import Workload, load_hardware, load_model, override_model
-from fidoperf.sweep import COLUMNS, FIGURE_COLUMNS, parse_vary, sweep
+from fidoperf.whatif.sweep import COLUMNS, FIGURE_COLUMNS, parse_vary, sweep
 
 REL = 1e-9
 MODEL_FIELDS = ("encoder_size", "decoder_size", "encoder_layers", "decoder_layers", "kv_heads",
@@ -196,7 +196,7 @@ def test_sweep_never_calls_the_single_predictor(fido, monkeypatch):
         raise AssertionError("predict() called per row")
 
     # The module itself: the package may export the function under the same name.
-    predict_mod = importlib.import_module("fidoperf.prediction")
+    predict_mod = importlib.import_module("fidoperf.costmodel.prediction")
     monkeypatch.setattr(predict_mod, "predict", boom)
     monkeypatch.setattr(predict_mod, "ops_table", boom)
     assert len(sweep(*fido, Workload(), {"batch": [1, 2], "passages": [5, 6]})) == 4

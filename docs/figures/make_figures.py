@@ -7,9 +7,9 @@ from pathlib import Path
 
 from click.testing import CliRunner
 
-from fidoperf import plots
 from fidoperf.cli import cli, write_atomic
-from fidoperf.cli_plots import figure_bytes
+from fidoperf.cli.plots import figure_bytes
+from fidoperf.present import plots
 from fidoperf.specs import load_hardware, load_model
 
 HERE = Path(__file__).resolve().parent

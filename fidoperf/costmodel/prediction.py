@@ -16,9 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import costs
-from .errors import SpecError
-from .specs import DTYPE_BYTES, Hardware, ModelSpec, StackSpec, Workload
+from ..errors import SpecError
+from ..specs import DTYPE_BYTES, Hardware, ModelSpec, StackSpec, Workload
+from . import ops as costs
 
 OVERLAP_MODELS = ("roofline", "no_overlap")
 

@@ -32,10 +32,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import SpecError
-from .prediction import Prediction, Settings, predict
+from ..costmodel.prediction import Prediction, Settings, predict
+from ..errors import SpecError
+from ..specs import Hardware, ModelSpec, Workload
 from .report import summed_over_layers
-from .specs import Hardware, ModelSpec, Workload
 
 DEFAULT_SETTINGS = Settings()
 DEFAULT_WORKLOAD = Workload()
@@ -820,7 +820,7 @@ def load_quality(path: str | Path | None = None) -> pd.DataFrame:
     """The published exact-match table (``fidoperf/data/quality.yaml`` by default),
     checked: unknown or missing fields, unknown datasets and EM outside 0-100 raise
     :class:`SpecError`. Missing figures are NaN."""
-    from .specs import read_yaml
+    from ..specs import read_yaml
 
     path = Path(path) if path is not None else quality_path()
     data = read_yaml(path)
@@ -882,7 +882,7 @@ def quality_table(
     """Every row of the quality table that names a fidoperf model, with its predicted
     time per sample on ``hardware`` (with the row's own passage count when it gives
     one, else the workload's). Rows without a figure keep EM = NaN."""
-    from .specs import load_model
+    from ..specs import load_model
 
     q = load_quality(path)
     q = q[q["fidoperf_model"].notna()].copy()
@@ -1030,7 +1030,7 @@ def quality_vs_cost(ax, table: pd.DataFrame, *, title: str | None = None):
 
 
 def plan_figures(p) -> list[tuple[str, str, Any]]:
-    """(title, caption, Axes) for a capacity plan (:class:`fidoperf.plan.Plan`): the
+    """(title, caption, Axes) for a capacity plan (:class:`fidoperf.whatif.plan.Plan`): the
     roofline of every model at its chosen batch on the best-ranked chip, with the roofs
     of all chips, and the time breakdown of every feasible plan."""
     ok = p.best[p.best["feasible"]]

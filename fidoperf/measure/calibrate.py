@@ -102,7 +102,7 @@ class Calibrator:
     def attention_rows_curve(self, peak, overhead, dtype="fp32", S=4096, dk=64, B=2, G=4):
         """Attention of R query rows per key/value head over B x G heads of S keys
         each: logits and the probability-weighted sum of values, with the kernels of
-        fidoperf.layers, operands cache-resident. The model charges each of the two
+        fidoperf.measure.layers, operands cache-resident. The model charges each of the two
         products half of this pair's time per FLOP."""
         from .layers import attention_logits
 

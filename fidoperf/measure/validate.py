@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 import pandas as pd
 
@@ -79,18 +77,3 @@ def summary_text(s: dict) -> str:
     lines.append(f"XLA cross-check: model/HLO matmul FLOPs {lo:.4f}-{hi:.4f}; "
                  f"model/XLA bytes accessed {blo:.2f}-{bhi:.2f}")
     return "\n".join(lines)
-
-
-def table(df: pd.DataFrame) -> pd.DataFrame:
-    """The human table: one row per case."""
-    from . import fmt as F
-
-    return pd.DataFrame({
-        "case": df["case"],
-        "predicted": df["predicted_s"].map(F.seconds),
-        "measured": df["measured_s"].map(F.seconds),
-        "IQR/median": df["spread"].map(lambda v: f"{100 * v:.0f}%" + (" !" if v > 0.25 else "")),
-        "pred/meas": df["ratio"].map(lambda v: f"{v:.2f}"),
-        "bound": df["predicted_bound"],
-        "model/XLA FLOPs": df["flops_ratio"].map(lambda v: "-" if math.isnan(v) else f"{v:.3f}"),
-    })

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from .cli import InputError, check_writable, cli, format_option, output_option, write_atomic, write_output
+from .options import InputError, check_writable, format_option, output_option, write_atomic, write_output
 
 
 def _device_errors(fn):
@@ -15,7 +15,7 @@ def _device_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from .timing import DeviceError
+        from ..measure.timing import DeviceError
 
         try:
             return fn(*args, **kwargs)
@@ -42,14 +42,14 @@ def _suffix_format(output: Path | None, fmt: str, allowed=("csv", "json")) -> st
 def _records_text(records, fmt: str, extra: dict | None = None) -> str:
     import pandas as pd
 
-    from .fmt import to_json
+    from ..present.fmt import to_json
 
     if fmt == "json":
         return to_json({**(extra or {}), "cases": records})
     return pd.DataFrame(records).to_csv(index=False)
 
 
-@cli.command()
+@click.command()
 @click.option("--level", type=click.Choice(["quick", "full"]), default="full", show_default=True,
               help="quick: fewer sizes (~15 s on a 2-core CPU); full: ~45 s.")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp32", "bf16"]),
@@ -66,10 +66,10 @@ def calibrate(level, dtypes, output, quiet):
     call and per op. The YAML has the shipped schema (kind: measured, with machine,
     date and versions) and works at once as `--hardware FILE` with every command.
     """
-    from .calibrate import calibrate as run
-    from .calibrate import dump_profile
-    from .specs import hardware_from_dict
-    from .timing import import_jax
+    from ..measure.calibrate import calibrate as run
+    from ..measure.calibrate import dump_profile
+    from ..measure.timing import import_jax
+    from ..specs import hardware_from_dict
 
     check_writable(output)
     if not dtypes:
@@ -86,7 +86,7 @@ def calibrate(level, dtypes, output, quiet):
                   f"{profile['overhead_s_per_op']['value'] * 1e6:.2f} µs/op")
 
 
-@cli.command()
+@click.command()
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True,
               help="Dtype of the benchmarked layers (bf16 is slower than fp32 on XLA:CPU).")
@@ -104,9 +104,9 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
     """
     import pandas as pd
 
-    from .bench import run_cases
-    from .bench import suite as make_suite
-    from .timing import environment
+    from ..measure.bench import run_cases
+    from ..measure.bench import suite as make_suite
+    from ..measure.timing import environment
 
     check_writable(output)
     fmt = _suffix_format(output, fmt)
@@ -115,8 +115,7 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
     for r in records:
         r.update({f"env_{k}": v for k, v in env.items()})
     if fmt == "table":
-        from . import fmt as F
-
+        from ..present import fmt as F
         df = pd.DataFrame(records)
         view = pd.DataFrame({"case": df["case"], "median": df["measured_s"].map(F.seconds),
                              "min": df["min_s"].map(F.seconds), "max": df["max_s"].map(F.seconds),
@@ -131,7 +130,7 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
         _echo_err(f"skipped {s['case']}: {s['reason']}")
 
 
-@cli.command()
+@click.command()
 @click.option("--suite", type=click.Choice(["quick", "full"]), default="quick", show_default=True)
 @click.option("--hardware", "-H", default=None,
               help="Profile to predict with (name or YAML). Default: calibrate this device first.")
@@ -153,13 +152,14 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     """
     import pandas as pd
 
-    from .bench import run_cases
-    from .bench import suite as make_suite
-    from .calibrate import calibrate as run_calibration
-    from .calibrate import dump_profile
-    from .specs import hardware_from_dict, load_hardware
-    from .timing import environment
-    from .validate import summary, summary_text, table
+    from ..measure.bench import run_cases
+    from ..measure.bench import suite as make_suite
+    from ..measure.calibrate import calibrate as run_calibration
+    from ..measure.calibrate import dump_profile
+    from ..measure.timing import environment
+    from ..measure.validate import summary, summary_text
+    from ..present.report import validation_table
+    from ..specs import hardware_from_dict, load_hardware
 
     check_writable(output)
     check_writable(save_profile)
@@ -178,10 +178,9 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     s = summary(df)
     meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite,
             "skipped": skipped}
-    from . import fmt as F
-
+    from ..present import fmt as F
     human = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}\n"
-             + F.text_table(table(df)) + "\n\n" + summary_text(s))
+             + F.text_table(validation_table(df)) + "\n\n" + summary_text(s))
     if skipped:
         human += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
     if fmt == "json":

@@ -1,15 +1,14 @@
-"""`fidoperf` commands: sweep (see fidoperf/cli.py for the shared options)."""
+"""`fidoperf` commands: sweep (see fidoperf/cli/options.py for the shared options)."""
 
 from __future__ import annotations
 
 import click
 
-from .cli import (
+from .options import (
     InputError,
     build_settings,
     build_workload,
     check_writable,
-    cli,
     hardware_option,
     model_options,
     output_option,
@@ -36,7 +35,7 @@ VARY_HELP = (
 )
 
 
-@cli.command()
+@click.command()
 @model_options
 @hardware_option()
 @workload_options
@@ -82,9 +81,9 @@ def sweep(ctx, vary_specs, output, time_limit_ms, memory_limit_gb, top, hardware
     """
     import time
 
-    from .specs import load_hardware, load_model
-    from .sweep import parse_vary
-    from .sweep import sweep as run_sweep
+    from ..specs import load_hardware, load_model
+    from ..whatif.sweep import parse_vary
+    from ..whatif.sweep import sweep as run_sweep
 
     if output is not None and output.suffix.lower() not in OUTPUT_SUFFIXES:
         raise InputError(
@@ -110,8 +109,8 @@ def sweep(ctx, vary_specs, output, time_limit_ms, memory_limit_gb, top, hardware
     # go in as one-value fields.
     fixed = {f: [options[f]] for f in MODEL_OVERRIDES if options[f] is not None and f not in vary}
     if fixed:
-        from .errors import SpecError
-        from .sweep import check_vary
+        from ..errors import SpecError
+        from ..whatif.sweep import check_vary
 
         for f, value in fixed.items():
             try:
@@ -156,8 +155,8 @@ def _summary(df, vary, model, hw, wl, settings, elapsed, top, output, time_limit
     """The terminal summary, and the one-line reason to fail (or None)."""
     import pandas as pd
 
-    from . import fmt as F
-    from .sweep import best, dtype_label
+    from ..present import fmt as F
+    from ..whatif.sweep import best, dtype_label
 
     n = len(df)
     shown = [f for f in vary if len(vary[f]) > 1]

@@ -4,8 +4,8 @@ A :class:`Case` is one jitted function of fixed shapes: an encoder layer, the
 cross-attention key/value projection, one decoding step of one decoder layer, one
 decoding step through a whole decoder (embedding to argmax), or a whole sample
 (encode and greedy decode). For each case this module builds random inputs, times
-it (:mod:`fidoperf.timing`), predicts it from a hardware profile with the cost model
-(:mod:`fidoperf.costs`, :func:`fidoperf.prediction.op_times`), and compares the
+it (:mod:`fidoperf.measure.timing`), predicts it from a hardware profile with the cost model
+(:mod:`fidoperf.costmodel.ops`, :func:`fidoperf.costmodel.prediction.op_times`), and compares the
 model's FLOPs and bytes with XLA's own count of the lowered function.
 """
 
@@ -18,9 +18,9 @@ from functools import cached_property
 
 import numpy as np
 
-from . import costs
-from .prediction import Settings, dtype_bytes, op_times, ops_table, stack_dims
-from .specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
+from ..costmodel import ops as costs
+from ..costmodel.prediction import Settings, dtype_bytes, op_times, ops_table, stack_dims
+from ..specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
 
 KINDS = ("encoder_layer", "cross_kv", "decoder_layer", "decoder_step", "generate")
 JNP_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
@@ -143,7 +143,6 @@ def build(case: Case, pool):
     import jax.numpy as jnp
 
     from . import layers as L
-
     m, dtype = case.model, JNP_DTYPES[case.dtype]
     de, dd = L.Dims.of(m.encoder), L.Dims.of(m.decoder)
     B, P, N, t = case.batch, case.passages, case.passage_len, case.step
@@ -253,7 +252,7 @@ def xla_check(case: Case, lowered, compiled, model: dict) -> dict:
 
 def estimated_bytes(case: Case) -> float:
     """Rough input bytes of one argument set (weights, caches, activations)."""
-    from .prediction import memory_footprint
+    from ..costmodel.prediction import memory_footprint
 
     m, wl = case.model, case.workload
     b = DTYPE_BYTES[wl.act_dtype]

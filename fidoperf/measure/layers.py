@@ -1,6 +1,6 @@
 """JAX implementations of the FiD / FiDO layers, driven by the same specs as the model.
 
-Shapes (dimension letters as in :mod:`fidoperf.costs`; R = H / G query heads per
+Shapes (dimension letters as in :mod:`fidoperf.costmodel.ops`; R = H / G query heads per
 key/value head):
     encoder input           f[B*P, N, D]      passages encoded separately
     encoder output          f[B, S, D]        S = P * N
@@ -27,7 +27,7 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 
-from .specs import StackSpec
+from ..specs import StackSpec
 
 EPS = 1e-6
 

@@ -1,5 +1,5 @@
 """`fidoperf` commands: roofline, breakdown, quality (plots) and plan (capacity
-planning). See fidoperf/cli.py for the shared options; matplotlib and pandas are
+planning). See fidoperf/cli/options.py for the shared options; matplotlib and pandas are
 imported inside the commands."""
 
 from __future__ import annotations
@@ -8,12 +8,11 @@ from pathlib import Path
 
 import click
 
-from .cli import (
+from .options import (
     InputError,
     build_settings,
     build_workload,
     check_writable,
-    cli,
     hardware_option,
     output_option,
     settings_options,
@@ -36,8 +35,8 @@ VARIANT_HELP = (
 def load_variant(text: str):
     """``fid-base+mqa+lsa4`` -> fid-base with one key/value head and cross-attention
     every 4th decoder layer, named as written."""
-    from .errors import SpecError
-    from .specs import load_model, override_model
+    from ..errors import SpecError
+    from ..specs import load_model, override_model
 
     if Path(text).is_file() or "+" not in text:
         return load_model(text)
@@ -107,7 +106,7 @@ def _setting_text(wl, hw_name: str) -> str:
 # --------------------------------------------------------------------------- roofline
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--model", "-m", "models", multiple=True, default=ROOFLINE_MODELS, show_default=True, help=VARIANT_HELP
 )
@@ -123,17 +122,16 @@ def roofline(models, hardware, output, **kw):
     --hardware. The default compares FiD-Base with +MQA, +LSA and FiDO-Base.
     """
     _figure_output(output)
-    from . import plots
-    from .prediction import predict
-    from .specs import load_hardware
+    from ..costmodel.prediction import predict
+    from ..present import plots
+    from ..specs import load_hardware
 
     hws = [load_hardware(h) for h in hardware]
     wl, settings = build_workload(**kw), build_settings(**kw)
     preds = [predict(m, hws[0], wl, settings) for m in _models(models)]
     points = plots.roofline_points_many(preds)
     if output is None:
-        from . import fmt as F
-
+        from ..present import fmt as F
         show = points.assign(
             FLOPs=points["flops"].map(lambda v: F.si(v, "FLOP")),
             bytes=points["bytes"].map(lambda v: F.si(v, "B")),
@@ -175,7 +173,7 @@ def roofline(models, hardware, output, **kw):
 # --------------------------------------------------------------------------- breakdown
 
 
-@cli.command()
+@click.command()
 @click.option(
     "--model", "-m", "models", multiple=True, default=BREAKDOWN_MODELS, show_default=True, help=VARIANT_HELP
 )
@@ -187,16 +185,16 @@ def breakdown(models, hardware, output, **kw):
     """Time per sample split into encoder, cross-attention K/V projection and the
     decoder's self-attention, cross-attention, MLP and the rest, one bar per model."""
     _figure_output(output)
-    from . import plots
-    from .prediction import predict
-    from .specs import load_hardware
+    from ..costmodel.prediction import predict
+    from ..present import plots
+    from ..specs import load_hardware
 
     hw = load_hardware(hardware)
     wl, settings = build_workload(**kw), build_settings(**kw)
     preds = [predict(m, hw, wl, settings) for m in _models(models)]
     table = plots.breakdown_table(preds)
     if output is None:
-        from .fmt import text_table
+        from ..present.fmt import text_table
 
         cols = {c: name for c, name, _ in plots.BREAKDOWN}
         show = table[["model"]].copy()
@@ -212,7 +210,7 @@ def breakdown(models, hardware, output, **kw):
 # --------------------------------------------------------------------------- quality
 
 
-@cli.command()
+@click.command()
 @hardware_option()
 @workload_options
 @settings_options
@@ -226,14 +224,14 @@ def quality(hardware, output, quality_file, **kw):
     """Published exact match of FiD and FiDO models against their predicted time per
     sample. Figures not found are left empty, never estimated; each has a source."""
     _figure_output(output)
-    from . import plots
-    from .specs import load_hardware
+    from ..present import plots
+    from ..specs import load_hardware
 
     hw = load_hardware(hardware)
     wl, settings = build_workload(**kw), build_settings(**kw)
     table = plots.quality_table(hw, wl, settings, quality_file)
     if output is None:
-        from .fmt import text_table
+        from ..present.fmt import text_table
 
         allrows = plots.load_quality(quality_file)
         times = {(r.model, r.dataset): r for r in table.itertuples()}
@@ -275,7 +273,7 @@ def _batches(text):
         raise InputError(f"--batches: expected comma-separated whole numbers, got {text!r}") from None
 
 
-@cli.command()
+@click.command()
 @click.option("--qps", type=float, required=True, help="Target load, queries per second.")
 @click.option("--latency-ms", type=float, required=True, help="Latency limit per query (ms).")
 @click.option(
@@ -322,9 +320,10 @@ def plan(qps, latency_ms, models, hardware, batches, price_per_chip_hour, output
             f"(use {', '.join(REPORT_SUFFIXES)})"
         )
     check_writable(output)
-    from . import plan as P
-    from .fmt import text_table
-    from .specs import load_hardware
+    from ..present import plan_report as R
+    from ..present.fmt import text_table
+    from ..specs import load_hardware
+    from ..whatif import plan as P
 
     wl = build_workload(batch=1, **kw)
     result = P.plan(
@@ -337,23 +336,22 @@ def plan(qps, latency_ms, models, hardware, batches, price_per_chip_hour, output
         batches=_batches(batches),
         settings=build_settings(**kw),
     )
-    table = P.best_table(result)
+    table = R.best_table(result)
     cols = ["rank", "model", "hardware", "batch", "chips", "latency ms", "J/query", "USD/1M queries", "note"]
     short = table[[c for c in cols if c in table.columns]]
     click.echo(
         f"{qps:g} queries/s within {latency_ms:g} ms; {wl.passages} passages x {wl.passage_len} tokens, "
-        f"{wl.target_len} target tokens\n{P.summary_line(result)}\n\n{text_table(short)}"
+        f"{wl.target_len} target tokens\n{R.summary_line(result)}\n\n{text_table(short)}"
     )
     for note in result.notes:
         click.echo(f"note: {note}")
     if output is None:
         return
-    from . import plots
-
+    from ..present import plots
     figures = [
-        P.Figure(title, caption, figure_bytes(ax, "png", dpi=110))
+        R.Figure(title, caption, figure_bytes(ax, "png", dpi=110))
         for title, caption, ax in plots.plan_figures(result)
     ]
-    text = (P.report_html if output.suffix.lower() == ".html" else P.report_markdown)(result, figures)
+    text = (R.report_html if output.suffix.lower() == ".html" else R.report_markdown)(result, figures)
     write_atomic(output, text.encode())
     click.echo(f"wrote {output}", err=True)

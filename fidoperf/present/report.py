@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pandas as pd
 
+from ..costmodel.prediction import Prediction
 from . import fmt as F
-from .prediction import Prediction
 
 PHASE_ORDER = {"encoder": 0, "cross_kv": 1, "decoder": 2}
 
@@ -77,3 +79,16 @@ def prediction_text(pred: Prediction, markdown: bool = False, per_layer: bool = 
         return sep.join([f"**{head}**".replace("\n", "  \n"), F.text_table(phases, True), summary.replace("\n", "  \n"),
                          f"**{title}**", op_table])
     return sep.join([head, F.text_table(phases), summary, title, op_table])
+
+
+def validation_table(df: pd.DataFrame) -> pd.DataFrame:
+    """The validation table for people: one row per case (of :func:`fidoperf.measure.validate.summary`)."""
+    return pd.DataFrame({
+        "case": df["case"],
+        "predicted": df["predicted_s"].map(F.seconds),
+        "measured": df["measured_s"].map(F.seconds),
+        "IQR/median": df["spread"].map(lambda v: f"{100 * v:.0f}%" + (" !" if v > 0.25 else "")),
+        "pred/meas": df["ratio"].map(lambda v: f"{v:.2f}"),
+        "bound": df["predicted_bound"],
+        "model/XLA FLOPs": df["flops_ratio"].map(lambda v: "-" if math.isnan(v) else f"{v:.3f}"),
+    })

@@ -2,7 +2,7 @@
 latency limit at the least cost.
 
 For each (model, chip) pair every candidate batch size b is evaluated with
-:func:`fidoperf.prediction.predict`:
+:func:`fidoperf.costmodel.prediction.predict`:
 
     latency           = batch_time_s(b)             (the time of the batch a query is in)
     throughput / chip = b / batch_time_s(b)         (queries/s)
@@ -20,18 +20,16 @@ Units: seconds, bytes, W, J, USD; ms only in the human tables.
 
 from __future__ import annotations
 
-import html
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from .errors import SpecError
-from .prediction import Prediction, Settings, memory_footprint, predict
-from .specs import Hardware, ModelSpec, Workload
+from ..costmodel.prediction import Prediction, Settings, memory_footprint, predict
+from ..errors import SpecError
+from ..specs import Hardware, ModelSpec, Workload
 
 DEFAULT_SETTINGS = Settings()
 
@@ -341,227 +339,4 @@ def plan(
         hardware=list(hardware_list),
         batches=None if batches is None else sorted({int(b) for b in batches}),
         notes=notes,
-    )
-
-
-# --------------------------------------------------------------------------- tables for people
-
-
-def _num(v, fmt):
-    return "-" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
-
-
-def best_table(p: Plan) -> pd.DataFrame:
-    """The ranked plans formatted for people (ms, GB, %, J, USD)."""
-    rows = []
-    for _, r in p.best.iterrows():
-        ok = bool(r["feasible"])
-        rows.append(
-            {
-                "rank": int(r["rank"]),
-                "model": r["model"],
-                "hardware": r["hardware"],
-                "batch": int(r["batch"]) if ok else "-",
-                "chips": int(r["chips"]) if ok else "-",
-                "latency ms": _num(r["batch_time_s"] * 1e3, ".4g") if ok else "-",
-                "queries/s/chip": _num(r["throughput_per_chip_qps"], ".4g") if ok else "-",
-                "memory": (
-                    f"{r['peak_bytes'] / 1e9:.1f} GB ({100 * r['memory_fraction']:.0f}%)" if ok else "-"
-                ),
-                "J/query": _num(r["energy_per_query_j"], ".3g") if ok else "-",
-                "USD/1M queries": _num(r["cost_per_million_usd"], ",.2f") if ok else "-",
-                "note": "" if ok else r["reason"],
-            }
-        )
-    out = pd.DataFrame(rows)
-    return out.drop(columns="note") if (out["note"] == "").all() else out
-
-
-def candidates_table(p: Plan) -> pd.DataFrame:
-    c = p.candidates
-    return pd.DataFrame(
-        {
-            "model": c["model"],
-            "hardware": c["hardware"],
-            "batch": c["batch"],
-            "latency ms": [_num(v * 1e3, ".4g") for v in c["batch_time_s"]],
-            "queries/s/chip": [_num(v, ".4g") for v in c["throughput_per_chip_qps"]],
-            "chips": [("-" if pd.isna(v) else str(int(v))) for v in c["chips"]],
-            "memory": [f"{100 * v:.0f}%" for v in c["memory_fraction"]],
-            "USD/1M queries": [_num(v, ",.2f") for v in c["cost_per_million_usd"]],
-            "feasible": ["yes" if v else "no" for v in c["feasible"]],
-            "why not": c["reason"],
-        }
-    )
-
-
-def summary_line(p: Plan) -> str:
-    r = p.best.iloc[0]
-    cost = r["cost_per_million_usd"]
-    cost_text = (
-        f", {cost:,.2f} USD per million queries" if not math.isnan(cost) else " (no price: ranked by chips)"
-    )
-    return (
-        f"best: {int(r['chips'])} x {r['hardware']} running {r['model']} at batch {int(r['batch'])}: "
-        f"latency {r['batch_time_s'] * 1e3:.4g} ms, {r['throughput_per_chip_qps']:.4g} queries/s per chip"
-        + cost_text
-    )
-
-
-def inputs_lines(p: Plan) -> list[str]:
-    wl = p.workload
-    lines = [
-        f"Load: {p.qps:g} queries/s; latency limit {p.latency_s * 1e3:g} ms per query.",
-        f"Workload: {wl.passages} passages x {wl.passage_len} tokens, {wl.target_len} generated tokens, "
-        f"weights {wl.weight_dtype}, activations {wl.act_dtype}, KV cache {wl.kv_dtype}, matmuls at "
-        f"{wl.compute_dtype} peak; overlap model {p.settings.overlap}"
-        + ("" if p.settings.efficiency else ", efficiency factors ignored")
-        + ".",
-        f"Models: {', '.join(m.name for m in p.models) or ', '.join(dict.fromkeys(p.best['model']))}.",
-    ]
-    for h, price in p.prices.items():
-        ptxt = (
-            f"{price.usd_per_chip_hour:g} USD per chip-hour, source: {price.source}"
-            if not math.isnan(price.usd_per_chip_hour)
-            else price.source
-        )
-        lines.append(f"{h}: {ptxt}. Power: {p.power_sources[h]}.")
-    return lines
-
-
-# --------------------------------------------------------------------------- reports
-
-
-@dataclass(frozen=True)
-class Figure:
-    """A rendered figure for a report: title, caption, PNG bytes."""
-
-    title: str
-    caption: str
-    png: bytes
-
-
-def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
-    from . import __version__
-
-    top = p.best.iloc[0]
-    blocks: list[tuple[str, Any]] = [
-        ("h1", f"Capacity plan: {p.qps:g} queries/s within {p.latency_s * 1e3:g} ms"),
-        ("p", f"Written by fidoperf {__version__} from roofline predictions, not measurements."),
-        ("h2", "Recommendation"),
-        ("p", summary_line(p) + "."),
-        ("h2", "Plans, one per model and chip, best first"),
-        ("table", best_table(p)),
-    ]
-    if p.notes:
-        blocks.append(("ul", p.notes))
-    blocks += [("h2", "Inputs"), ("ul", inputs_lines(p)), ("h2", "Assumptions"), ("ul", p.assumptions)]
-    for f in figures:
-        blocks += [("h2", f.title), ("img", f), ("p", f.caption)]
-    blocks += [
-        ("h2", "Every candidate evaluated"),
-        (
-            "p",
-            (
-                "Batch sizes tried for each pair: powers of two up to 512 that fit, plus the largest batch "
-                "that fits"
-                if p.batches is None
-                else f"Batch sizes tried for each pair (as asked for): {', '.join(map(str, p.batches))}"
-            )
-            + f"; the chosen plan of {top['model']} on {top['hardware']} is rank 1 above.",
-        ),
-        ("table", candidates_table(p)),
-    ]
-    return blocks
-
-
-def report_markdown(p: Plan, figures: Sequence[Figure] = ()) -> str:
-    """A Markdown report that stands alone: tables, assumptions and figures embedded
-    as base64 PNG data URIs (GitHub's viewer does not show data URIs; the HTML
-    report is the one to open in a browser)."""
-    import base64
-
-    from .fmt import text_table
-
-    out = []
-    for kind, body in _blocks(p, figures):
-        if kind == "h1":
-            out.append(f"# {body}")
-            out.append(
-                "*Figures are embedded as base64 PNG data URIs; viewers that do not show them (GitHub's, "
-                "for one) can use the HTML report (`--output plan.html`).*"
-            )
-        elif kind == "h2":
-            out.append(f"## {body}")
-        elif kind == "p":
-            out.append(body)
-        elif kind == "ul":
-            out.append("\n".join(f"- {line}" for line in body))
-        elif kind == "table":
-            out.append(
-                text_table(body.astype(str).apply(lambda col: col.str.replace("|", "\\|")), markdown=True)
-            )
-        elif kind == "img":
-            out.append(f"![{body.title}](data:image/png;base64,{base64.b64encode(body.png).decode()})")
-    return "\n\n".join(out) + "\n"
-
-
-_CSS = """
-body { font-family: system-ui, -apple-system, "Segoe UI", sans-serif; max-width: 1100px; margin: 2em auto;
-       padding: 0 1em; color: #222; line-height: 1.45; }
-table { border-collapse: collapse; font-size: 0.85em; margin: 0.5em 0 1em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.5em; text-align: left; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-th { background: #f3f3f3; }
-img { max-width: 100%; }
-h2 { margin-top: 1.6em; border-bottom: 1px solid #ddd; }
-"""
-
-
-def _html_table(df: pd.DataFrame) -> str:
-    def is_num(v: str) -> bool:
-        try:
-            float(v.replace(",", "").split(" ")[0].rstrip("%"))
-            return True
-        except ValueError:
-            return False
-
-    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in df.columns)
-    body = []
-    for row in df.astype(str).itertuples(index=False):
-        cells = "".join(
-            f'<td class="num">{html.escape(v)}</td>' if is_num(v) else f"<td>{html.escape(v)}</td>"
-            for v in row
-        )
-        body.append(f"<tr>{cells}</tr>")
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-
-
-def report_html(p: Plan, figures: Sequence[Figure] = ()) -> str:
-    """A self-contained HTML page: inline CSS, figures as base64 PNG, no external links
-    needed to read it."""
-    import base64
-
-    parts = []
-    title = ""
-    for kind, body in _blocks(p, figures):
-        if kind == "h1":
-            title = body
-            parts.append(f"<h1>{html.escape(body)}</h1>")
-        elif kind == "h2":
-            parts.append(f"<h2>{html.escape(body)}</h2>")
-        elif kind == "p":
-            parts.append(f"<p>{html.escape(body)}</p>")
-        elif kind == "ul":
-            parts.append("<ul>" + "".join(f"<li>{html.escape(x)}</li>" for x in body) + "</ul>")
-        elif kind == "table":
-            parts.append(_html_table(body))
-        elif kind == "img":
-            data = base64.b64encode(body.png).decode()
-            parts.append(f'<img alt="{html.escape(body.title)}" src="data:image/png;base64,{data}">')
-    return (
-        '<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{_CSS}</style></head><body>\n"
-        + "\n".join(parts)
-        + "\n</body></html>\n"
     )
