@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .bench import bench, calibrate, validate
+from .op import op
 from .options import InputError
 from .plots import breakdown, plan, quality, roofline
 from .predict import list_cmd, predict
@@ -46,5 +47,5 @@ def main():
     cli(prog_name="fidoperf")
 
 
-for command in (list_cmd, predict, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
+for command in (list_cmd, predict, op, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
     cli.add_command(command)

@@ -67,8 +67,14 @@ def settings_options(f):
     f = click.option("--overlap", type=click.Choice(["roofline", "no_overlap"]), default="roofline",
                      show_default=True,
                      help="roofline: time = max(compute, memory); no_overlap: their sum.")(f)
-    f = click.option("--no-efficiency", is_flag=True,
-                     help="Ignore the profile's efficiency factors (raw datasheet peaks).")(f)
+    f = click.option("--roofline", "--no-efficiency", "roofline", is_flag=True,
+                     help="The pure lower bound of the same implementation: datasheet peaks, no fixed costs per "
+                          "kernel, the implementation's own byte counts (default: the derated model of the "
+                          "chip's kernels). --no-efficiency is an alias.")(f)
+    f = click.option("--implementation", type=click.Choice(["xla", "tuned", "eager"]), default=None,
+                     help="How the kernels are implemented: xla (T5X/JAX: unfused attention), tuned (GPU serving "
+                          "engines: flash attention, fused element-wise), eager (PyTorch eager, Hugging Face T5). "
+                          "[default: the hardware profile's default_implementation]")(f)
     return f
 
 
@@ -97,10 +103,11 @@ def build_workload(passages, passage_len, target_len, batch, dtype, **_):
                                target_len=target_len, batch=batch)
 
 
-def build_settings(overlap="roofline", no_efficiency=False, **_):
+def build_settings(overlap="roofline", roofline=False, implementation=None, **_):
     from ..costmodel.prediction import Settings
 
-    return Settings(overlap=overlap, efficiency=not no_efficiency)
+    return Settings(overlap=overlap, efficiency="roofline" if roofline else "derated",
+                    implementation=implementation)
 
 
 def write_output(text: str, output: Path | None) -> None:

@@ -31,7 +31,8 @@ VARY_HELP = (
     "whole-number fields a:b is every integer from a to b inclusive and a:b:s steps by s "
     "(batch=1,8,32  passages=10:100:10). Fields: batch, passages, passage_len, target_len, dtype, "
     "model, kv_heads, cross_attn_every, encoder_size, decoder_size, encoder_layers, decoder_layers, "
-    "hardware (names or YAML files), overlap (roofline|no_overlap)."
+    "hardware (names or YAML files), overlap (roofline|no_overlap), efficiency (derated|roofline), "
+    "implementation (xla|tuned|eager)."
 )
 
 

@@ -92,3 +92,19 @@ def validation_table(df: pd.DataFrame) -> pd.DataFrame:
         "bound": df["predicted_bound"],
         "model/XLA FLOPs": df["flops_ratio"].map(lambda v: "-" if math.isnan(v) else f"{v:.3f}"),
     })
+
+
+def op_table_text(kind: str, table: pd.DataFrame, settings: dict) -> str:
+    """``fidoperf op`` for people: inputs as given, figures with SI prefixes."""
+    head = (f"{kind} on {settings.get('hardware', '?')}, {settings.get('dtype', '')}, "
+            f"implementation {settings.get('implementation', '?')}, {settings.get('efficiency', '?')} model")
+    show = table.copy()
+    for col, unit in (("flops", "FLOP"), ("bytes", "B")):
+        if col in show:
+            show[col] = show[col].map(lambda v, u=unit: F.si(v, u))
+    if "intensity" in show:
+        show["intensity"] = show["intensity"].map(lambda v: f"{v:.3g}")
+    for col in ("compute_s", "memory_s", "overhead_s", "latency_s", "transfer_s", "time_s"):
+        if col in show:
+            show[col] = show[col].map(F.seconds)
+    return head + "\n" + F.text_table(show)

@@ -56,7 +56,8 @@ import numpy as np
 import pandas as pd
 
 from ..costmodel import ops as costs
-from ..costmodel.prediction import OVERLAP_MODELS, Settings, op_times, stack_dims
+from ..costmodel.kernels import EFFICIENCY_MODELS
+from ..costmodel.prediction import OVERLAP_MODELS, Settings, flash_rows, op_times, stack_dims
 from ..errors import SpecError
 from ..specs import (
     DTYPE_BYTES,
@@ -70,11 +71,14 @@ from ..specs import (
     t5_sizes,
     validate_stack,
 )
+from ..specs.implementation import IMPLEMENTATIONS
 
 WORKLOAD_INT_FIELDS = ("batch", "passages", "passage_len", "target_len")
 MODEL_INT_FIELDS = ("encoder_layers", "decoder_layers", "kv_heads", "cross_attn_every")
 INT_FIELDS = WORKLOAD_INT_FIELDS + MODEL_INT_FIELDS
-CATEGORICAL_FIELDS = ("model", "encoder_size", "decoder_size", "hardware", "dtype", "overlap")
+CATEGORICAL_FIELDS = (
+    "model", "encoder_size", "decoder_size", "hardware", "dtype", "overlap", "efficiency", "implementation",
+)
 VARY_FIELDS = CATEGORICAL_FIELDS + INT_FIELDS
 
 # Column order of the result: inputs, per-sample totals, memory, bound, resolved model.
@@ -89,6 +93,8 @@ INPUT_COLUMNS = (
     "hardware",
     "dtype",
     "overlap",
+    "efficiency",
+    "implementation",
     "batch",
     "passages",
     "passage_len",
@@ -213,6 +219,10 @@ def _check_vary(vary: Mapping[str, Sequence]) -> tuple[dict[str, list], dict[str
                 raise SpecError("--vary", field, f"unknown dtype {v!r} (known: {', '.join(DTYPE_PRESETS)})")
             if field == "overlap" and v not in OVERLAP_MODELS:
                 raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(OVERLAP_MODELS)}")
+            if field == "efficiency" and v not in EFFICIENCY_MODELS:
+                raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(EFFICIENCY_MODELS)}")
+            if field == "implementation" and v not in IMPLEMENTATIONS:
+                raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(IMPLEMENTATIONS)}")
             if field in ("encoder_size", "decoder_size"):
                 sizes = sizes or t5_sizes()
                 if v not in sizes:
@@ -259,8 +269,9 @@ def sweep(
 
     Fields not varied keep the base value. A varied ``model`` replaces the base model
     (loaded by name or path); sizes, layers, kv heads and K then apply to it as in
-    :func:`fidoperf.specs.override_model`. ``settings.efficiency`` holds for every row;
-    ``overlap`` may vary. One row per configuration; see :data:`COLUMNS`.
+    :func:`fidoperf.specs.override_model`. ``settings`` hold for every row unless
+    ``overlap``, ``efficiency`` or ``implementation`` vary (an implementation of None
+    is each chip's default, recorded per row). One row per configuration; see :data:`COLUMNS`.
     """
     base_workload = Workload() if base_workload is None else base_workload
     settings = Settings() if settings is None else settings
@@ -343,6 +354,8 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
     hw_name = pick.get("hardware", ctx.base_hardware.name)
     dtype = pick.get("dtype", dtype_label(wl))
     overlap = pick.get("overlap", ctx.settings.overlap)
+    efficiency = pick.get("efficiency", ctx.settings.efficiency)
+    impl_name = pick.get("implementation", ctx.settings.implementation)
     error = model = None
     try:
         key = (pick.get("model"), pick.get("encoder_size"), pick.get("decoder_size"))
@@ -358,10 +371,12 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
         else:
             w_dt, a_dt, c_dt, comp_dt = wl.weight_dtype, wl.act_dtype, wl.kv_dtype, wl.compute_dtype
         hw.peak(comp_dt)  # a chip without this dtype: the whole group is infeasible
+        impl_name = impl_name or hw.default_implementation
     except SpecError as err:
         error = str(err)
 
-    for col, value in (("model", model_name), ("hardware", hw_name), ("dtype", dtype), ("overlap", overlap)):
+    for col, value in (("model", model_name), ("hardware", hw_name), ("dtype", dtype), ("overlap", overlap),
+                       ("efficiency", efficiency), ("implementation", impl_name)):
         dst[col][...] = ctx.code(col, value)
     for col, stack in (("encoder_size", "encoder"), ("decoder_size", "decoder")):
         size = getattr(model, stack).size if model is not None else None
@@ -393,7 +408,7 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
     bad = (np.mod(model.decoder.num_heads, G) != 0) | (K > Ld)  # what validate_stack rejects
     bad = _drop_t(np.broadcast_to(bad, np.broadcast_shapes(np.shape(bad), (1,) * (nd + 1))), nd)
     dst["error"][...] = _error_codes(ctx, model, X, bad)
-    group_settings = dataclasses.replace(ctx.settings, overlap=overlap)
+    group_settings = Settings(overlap=overlap, efficiency=efficiency, implementation=impl_name)
     dt = (DTYPE_BYTES[w_dt], DTYPE_BYTES[a_dt], DTYPE_BYTES[c_dt], comp_dt, a_dt)
     _evaluate(model, hw, dt, group_settings, X, nd, bad if bad.any() else None, dst)
 
@@ -470,19 +485,21 @@ def _evaluate(
     nan_mask = 1.0 if bad is None else np.where(bad, np.nan, 1.0)
     Lc_m = Lc if bad is None else Lc * np.expand_dims(nan_mask, -1)
     args = (hw, comp_dt, act_dt, settings)
+    impl, rows = settings.impl(hw), flash_rows(hw)
 
     # Encoder: embedding, L identical layers, final norm. Cross-K/V: one projection per
     # decoder layer with cross-attention.
     embed_final = _sum_ops(
-        [costs.encoder_embed(De, B, P, N, w, a), costs.encoder_final(De, B, P, N, w, a)], args
+        [*costs.encoder_embed(De, B, P, N, w, a, impl), costs.encoder_final(De, B, P, N, w, a, impl)], args
     )
-    layer = _sum_ops(costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a), args)
-    kv = _sum_ops([costs.cross_kv_layer(De, G, dkd, B, P, N, w, a, c)], args)
+    layer = _sum_ops(costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a, impl, rows), args)
+    kv = _sum_ops(costs.cross_kv_layer(De, G, dkd, B, P, N, w, a, c, impl), args)
     # Decoder: embedding and head once a step; layers summed over the steps 1 .. T,
     # split into the ops every layer has and those only cross-attention layers add.
-    head = _sum_ops([costs.decoder_embed(Dd, B, w, a), *costs.decoder_head(Dd, V, B, w, a)], args, bound=True)
+    head = _sum_ops([*costs.decoder_embed(Dd, B, w, a, impl), *costs.decoder_head(Dd, V, B, w, a, impl)], args,
+                    bound=True)
     plain, extra = _decoder_layer_steps(
-        lambda t, cross: costs.decoder_layer(Dd, Hd, G, dkd, Fd, nd_in, B, P, N, t, cross, w, a, c),
+        lambda t, cross: costs.decoder_layer(Dd, Hd, G, dkd, Fd, nd_in, B, P, N, t, cross, w, a, c, impl, rows),
         (B, P, N, G),
         T,
         nd,
@@ -526,7 +543,7 @@ def _evaluate(
             np.add(total, dst[f"decoder_{phase}"], out=total)
     for col, value in zip(RESOLVED_COLUMNS, (G, K, Lc), strict=True):
         np.copyto(dst[col], sq(value), casting="unsafe")
-    _write_memory(model, hw, X, Lc, w, a, c, nd, dst)
+    _write_memory(model, hw, X, Lc, w, a, c, nd, dst, impl.flash)
     if bad is not None:
         np.copyto(dst["peak_memory_bytes"], np.nan, where=bad)
         np.copyto(dst["fits"], False, where=bad)
@@ -593,7 +610,7 @@ def _decoder_layer_steps(layer_ops, arg_fields, T, nd: int, args) -> tuple[_Sum,
     return out[0], out[1]
 
 
-def _write_memory(model: ModelSpec, hw: Hardware, X: dict, Lc, w, a, c, nd: int, dst: dict) -> None:
+def _write_memory(model: ModelSpec, hw: Hardware, X: dict, Lc, w, a, c, nd: int, dst: dict, flash: bool) -> None:
     """``costs.memory_terms`` over the group's arrays, into peak_memory_bytes,
     max_batch and fits."""
     enc, dec = model.encoder, model.decoder
@@ -618,6 +635,7 @@ def _write_memory(model: ModelSpec, hw: Hardware, X: dict, Lc, w, a, c, nd: int,
         a,
         c,
         hw.hbm_capacity_bytes,
+        flash,
     )
     for col, key in (("peak_memory_bytes", "peak_bytes"), ("max_batch", "max_batch"), ("fits", "fits")):
         np.copyto(dst[col], _drop_t(np.asarray(m[key]), nd), casting="unsafe")
