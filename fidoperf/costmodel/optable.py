@@ -16,9 +16,18 @@ Kinds and their input columns:
                        self-attention of seq_len tokens (causal: default False, the T5
                        encoder is bidirectional); the attention kernel alone
 
+    all_reduce, all_gather, reduce_scatter, all_to_all
+                       bytes, chips: ``bytes`` is the whole buffer on each chip, as
+                       nccl-tests counts it (the reduced buffer; the gathered result;
+                       the reduce-scatter input), over ``chips`` chips
+
 Output columns: the inputs, then flops, bytes, intensity (FLOP/byte), compute_s,
 memory_s, overhead_s (fixed cost of the kernel launches), time_s, bound, and
 ``launches`` (kernels the implementation runs: unfused attention is several).
+Collectives: the inputs, then latency_s (the alpha part), transfer_s, time_s, the
+algorithm chosen (``ring/LL``, ``nvls/Simple``, ``torus``, ...) and bytes_per_chip
+(what that algorithm moves through each chip's links); see
+:mod:`fidoperf.costmodel.collectives`.
 """
 
 from __future__ import annotations
@@ -50,11 +59,9 @@ def kinds() -> tuple[str, ...]:
 
 
 def collective_kinds() -> tuple[str, ...]:
-    try:
-        from .collectives import COLLECTIVES
-    except ImportError:  # pragma: no cover - the collectives model is optional until it lands
-        return ()
-    return tuple(COLLECTIVES)
+    from .collectives import OPS
+
+    return OPS
 
 
 def input_columns(kind: str) -> tuple[str, ...]:
@@ -163,8 +170,6 @@ def op_table(kind: str, shapes: Any, hardware: str | Hardware, dtype: str = "bf1
     s = Settings(**settings).resolve(hw)
     cols = _columns(kind, shapes)
     if kind in collective_kinds():
-        from .collectives import collective_table
-
         return collective_table(kind, cols, hw)
     _, act_dt, _, compute_dt = DTYPE_PRESETS[dtype]
     hw.peak(compute_dt)
@@ -186,4 +191,20 @@ def op_table(kind: str, shapes: Any, hardware: str | Hardware, dtype: str = "bf1
     out["launches"] = total["launches"].astype(int)
     out.attrs["settings"] = {"efficiency": s.efficiency, "overlap": s.overlap, "implementation": s.implementation,
                              "hardware": hw.name, "dtype": dtype}
+    return out
+
+
+def collective_table(kind: str, cols: Mapping[str, np.ndarray], hw: Hardware) -> pd.DataFrame:
+    """A collective of ``cols["bytes"]`` over ``cols["chips"]`` on ``hw``'s interconnect."""
+    from .collectives import collective_times
+
+    if hw.interconnect is None:
+        raise SpecError(hw.path or hw.name, "interconnect", "this profile has no interconnect block")
+    r = collective_times(kind, cols["bytes"], cols["chips"], hw.interconnect)
+    out = pd.DataFrame({"bytes": cols["bytes"].astype(np.int64), "chips": cols["chips"].astype(int)})
+    for name in ("latency_s", "transfer_s", "time_s"):
+        out[name] = np.asarray(r[name], dtype=float)
+    out["algorithm"] = r["algorithm"]
+    out["bytes_per_chip"] = np.asarray(r["bytes_per_chip"], dtype=float)
+    out.attrs["settings"] = {"hardware": hw.name, "library": hw.interconnect.library}
     return out

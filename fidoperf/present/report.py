@@ -96,10 +96,13 @@ def validation_table(df: pd.DataFrame) -> pd.DataFrame:
 
 def op_table_text(kind: str, table: pd.DataFrame, settings: dict) -> str:
     """``fidoperf op`` for people: inputs as given, figures with SI prefixes."""
-    head = (f"{kind} on {settings.get('hardware', '?')}, {settings.get('dtype', '')}, "
-            f"implementation {settings.get('implementation', '?')}, {settings.get('efficiency', '?')} model")
+    if "library" in settings:
+        head = f"{kind} on {settings['hardware']} ({settings['library']}); bytes per chip as nccl-tests counts them"
+    else:
+        head = (f"{kind} on {settings.get('hardware', '?')}, {settings.get('dtype', '')}, "
+                f"implementation {settings.get('implementation', '?')}, {settings.get('efficiency', '?')} model")
     show = table.copy()
-    for col, unit in (("flops", "FLOP"), ("bytes", "B")):
+    for col, unit in (("flops", "FLOP"), ("bytes", "B"), ("bytes_per_chip", "B")):
         if col in show:
             show[col] = show[col].map(lambda v, u=unit: F.si(v, u))
     if "intensity" in show:

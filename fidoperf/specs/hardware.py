@@ -13,7 +13,9 @@ from typing import Any
 from ..errors import SpecError
 from .dtypes import DTYPE_BYTES
 from .implementation import IMPLEMENTATIONS
-from .yamlio import Fields, as_number, data_dir, read_yaml, resolve_path
+from .interconnect import Interconnect, interconnect_from_dict
+from .yamlio import Fields, Sourced, as_number, data_dir, read_yaml, resolve_path
+from .yamlio import sourced as _sourced
 
 OP_KINDS = ("matmul", "attention", "softmax", "vector", "gather")
 EFFICIENCY_KEYS = ("compute", "memory") + tuple(
@@ -23,15 +25,6 @@ CURVE_AXES = ("flops", "bytes", "rows", "head_dim")
 
 
 # --------------------------------------------------------------------------- hardware
-
-
-@dataclass(frozen=True)
-class Sourced:
-    """A figure and where it comes from."""
-
-    value: float | None
-    source: str
-    note: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,7 +115,7 @@ class Hardware:
     overheads_by_implementation: Mapping[str, float] = field(default_factory=dict)  # overrides per preset
     default_implementation: str = "xla"
     kernel_model: KernelModel = field(default_factory=lambda: KernelModel())
-    interconnect: Any = None  # fidoperf.specs.interconnect.Interconnect, or None
+    interconnect: Interconnect | None = None  # the fabric between chips (collectives)
     measured: Mapping[str, Any] = field(default_factory=dict)  # machine, date, versions
     vendor: str = ""
     decisions: str = ""
@@ -148,19 +141,6 @@ class Hardware:
     def ridge_point(self, dtype: str) -> float:
         """FLOPs per byte where the compute and bandwidth roofs meet (peak values)."""
         return self.peak(dtype) / self.hbm_bytes_per_s
-
-
-def _sourced(f: Fields, key: str, nullable: bool = False, required: bool = True) -> Sourced | None:
-    if not f.has(key) and not required:
-        f.seen.add(key)
-        return None
-    g = Fields(f.raw(key), f.where, f.prefix + key + ".")
-    value = g.raw("value")
-    if not (nullable and value is None):
-        value = as_number(value, g.err, "value")
-    out = Sourced(value, g.str("source"), g.str("note", ""))
-    g.done()
-    return out
 
 
 def _curve(raw: Any, where: str, key: str) -> Curve:
@@ -323,6 +303,7 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
     if default_impl not in IMPLEMENTATIONS:
         raise f.err("default_implementation", f"must be one of {', '.join(IMPLEMENTATIONS)}, got {default_impl!r}")
     kernel_model = _kernel_model(f.raw("kernel_model", None), where)
+    f.seen.add("interconnect")
     measured = f.raw("measured", {})
     if kind == "measured":
         m = Fields(measured, where, "measured.")
@@ -341,7 +322,7 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
         overheads_by_implementation=by_impl,
         default_implementation=default_impl,
         kernel_model=kernel_model,
-        interconnect=f.raw("interconnect", None),
+        interconnect=interconnect_from_dict(f.raw("interconnect"), where) if f.has("interconnect") else None,
         sources=sources,
         measured=measured or {},
         vendor=f.str("vendor", ""),
