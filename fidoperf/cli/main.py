@@ -23,6 +23,8 @@ class FidoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpecError as err:
+            if err.where == "layout":  # a layout comes from the layout options: name the option
+                raise InputError(f"--{err.field.replace('_', '-')}: {err.problem}") from None
             raise InputError(str(err)) from None
         except click.exceptions.NoArgsIsHelpError:
             raise

@@ -107,7 +107,7 @@ def op(kind, hardware, dtype, input_path, output, fmt, overlap, roofline, implem
 
         text = op_table_text(kind, table, settings)
     if output is None:
-        click.echo(text)
+        click.echo(text.rstrip("\n"))
     else:
         write_atomic(output, (text if text.endswith("\n") else text + "\n").encode())
         click.echo(f"wrote {output} ({len(table)} rows)", err=True)

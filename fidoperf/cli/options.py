@@ -63,6 +63,27 @@ def hardware_option(default="tpu-v4", multiple=False):
                              + (" (repeat for several)." if multiple else "."))
 
 
+def layout_options(f):
+    """How the model is spread over chips (fidoperf.specs.layout)."""
+    opts = [
+        click.option("--chips", type=click.IntRange(min=1), default=None,
+                     help="Chips used: tensor-parallel groups times data-parallel replicas [default: "
+                          "--tensor-parallel, or the two pools' sum]."),
+        click.option("--tensor-parallel", "-t", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Chips that split one replica Megatron-style (heads and MLP width; one all-reduce per "
+                          "sub-layer)."),
+        click.option("--shard-kv", type=click.Choice(["heads", "batch"]), default="heads", show_default=True,
+                     help="How tensor-parallel chips split the cross-attention keys and values: by key/value "
+                          "head (replicated when T exceeds them), or over the batch (Pope et al.; two all-to-alls "
+                          "per cross-attention)."),
+        click.option("--encoder-chips", type=click.IntRange(min=1), default=None,
+                     help="Separate encoder pool of this many chips (with --decoder-chips)."),
+        click.option("--decoder-chips", type=click.IntRange(min=1), default=None,
+                     help="Separate decoder pool of this many chips (with --encoder-chips)."),
+    ]
+    return functools.reduce(lambda g, o: o(g), reversed(opts), f)
+
+
 def settings_options(f):
     f = click.option("--overlap", type=click.Choice(["roofline", "no_overlap"]), default="roofline",
                      show_default=True,
@@ -101,6 +122,17 @@ def build_workload(passages, passage_len, target_len, batch, dtype, **_):
 
     return Workload.with_dtype(dtype, passages=passages, passage_len=passage_len,
                                target_len=target_len, batch=batch)
+
+
+def build_layout(chips=None, tensor_parallel=1, shard_kv="heads", encoder_chips=None, decoder_chips=None, **_):
+    from ..errors import SpecError
+    from ..specs.layout import Layout
+
+    try:
+        return Layout(chips=chips, tensor_parallel=tensor_parallel, shard_kv=shard_kv,
+                      encoder_chips=encoder_chips, decoder_chips=decoder_chips)
+    except SpecError as err:  # name the option the user typed
+        raise InputError(f"--{err.field.replace('_', '-')}: {err.problem}") from None
 
 
 def build_settings(overlap="roofline", roofline=False, implementation=None, **_):

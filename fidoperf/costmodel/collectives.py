@@ -368,3 +368,44 @@ def _candidates(op: str, S: np.ndarray, n: int, net: Interconnect):
 def _too_many(net: Interconnect, n: int) -> SpecError:
     return SpecError(net.path or "interconnect", "interconnect.network",
                      f"{n} chips need more than one node of {net.chips_per_node}, and this profile has no network tier")
+
+
+# --------------------------------------------------------------------------- bounds and transfers
+
+
+def lower_bound_s(op: str, bytes, chips, net: Interconnect):
+    """The roofline of a collective: the ring algorithm's bytes per chip at the links'
+    datasheet bandwidth (every link of a torus slice at once), no latency."""
+    S, n = np.broadcast_arrays(np.asarray(bytes, dtype=float), np.asarray(chips, dtype=float))
+    out = np.zeros(S.shape)
+    for count in np.unique(n):
+        count = int(count)
+        if count <= 1:
+            continue
+        mask = n == count
+        node = net.node
+        if net.library == "xla" and node.topology == "torus":
+            dims = slice_dims(node, min(count, node.domain_chips))
+            links = sum(_axis(node, d, dims)[0] for d in dims)
+            out[mask] = bytes_per_chip(op, S[mask], count, "ring") / (max(links, 1) * node.link_bytes_per_s)
+        else:
+            tier = net.pair if (net.pair is not None and count == 2) else node
+            out[mask] = bytes_per_chip(op, S[mask], count, "ring") / tier.link_bytes_per_s
+    return out
+
+
+def transfer_times(bytes, streams, net: Interconnect, roofline: bool = False) -> dict[str, np.ndarray]:
+    """Point-to-point shipping of ``bytes`` from one group of chips to another over the
+    fabric of one node, split evenly over ``streams`` chip pairs sending at once (a
+    tensor-parallel group sends its shards in parallel): one call latency and one step,
+    then bytes / streams at the link's attainable bandwidth (roofline: its datasheet
+    bandwidth, no latency)."""
+    S = np.asarray(bytes, dtype=float)
+    k = np.maximum(np.asarray(streams, dtype=float), 1.0)
+    node = net.node
+    if roofline:
+        return {"latency_s": 0.0 * S, "transfer_s": S / k / node.link_bytes_per_s,
+                "time_s": S / k / node.link_bytes_per_s}
+    latency = net.call_latency_s + node.latency_s + 0.0 * S
+    transfer = S / k / (node.efficiency * node.link_bytes_per_s)
+    return {"latency_s": latency, "transfer_s": transfer, "time_s": latency + transfer}

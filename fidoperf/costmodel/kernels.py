@@ -16,8 +16,12 @@ Derated (the default), each mechanism with its parameters in the hardware profil
     memory_s   = bytes / (bandwidth x eff_memory(kind, bytes) x parallelism)
     overhead_s = launches x the chip's fixed cost per kernel for this implementation
     time_s     = max(compute_s, memory_s) + overhead_s
+    (eager: every framework operation also costs the host ``dispatch_s_per_op``: added
+    on a synchronous device (CPU), overlapped with the device's time on a GPU stream;
+    overhead_s then holds all but the compute and memory time)
 
-- Matrix products (``kernel == "gemm"``): the output is cut into tiles; a wave runs
+- Matrix products (``kernel == "gemm"``, on the matrix units: every compute dtype but
+  fp32, which runs on the vector units unquantised): the output is cut into tiles; a wave runs
   one tile per compute unit (SM); the time is the number of waves times the time of
   one tile at the large-GEMM rate (tile quantisation: a partial tile costs a whole
   one; wave quantisation: a partial wave costs a whole one; NVIDIA, "Matrix
@@ -58,6 +62,7 @@ class KernelTimes:
     memory_s: object
     overhead_s: object
     time_s: object
+    comm_s: object = 0.0  # interconnect time (collectives, shipping between pools)
 
 
 def peak_for(kind: str, hw: Hardware, compute_dtype: str, act_dtype: str) -> float:
@@ -84,6 +89,8 @@ def _curve_size(op: Op, axis: str):
 def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, efficiency: str = "derated",
                  overlap: str = "roofline", implementation: Implementation | None = None) -> KernelTimes:
     """Compute, memory, fixed and total seconds of one call of ``op`` (module docstring)."""
+    if op.kernel in ("collective", "transfer"):
+        return comm_times(op, hw, efficiency)
     peak, bw = peak_for(op.kind, hw, compute_dtype, act_dtype), hw.hbm_bytes_per_s
     flops, nbytes = _f(op.flops), _f(op.bytes)
     combine = np.maximum if overlap == "roofline" else np.add
@@ -91,12 +98,13 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
         compute_s, memory_s = flops / peak, nbytes / bw
         zero = 0.0 * compute_s
         return KernelTimes(compute_s, memory_s, zero, combine(compute_s, memory_s))
-    ce, me = hw.curve(op.kind, "compute"), hw.curve(op.kind, "memory")
+    ce, me = hw.curve(op.kind, "compute", op.kernel), hw.curve(op.kind, "memory", op.kernel)
     rate = peak * ce(_curve_size(op, ce.axis))
     bw_eff = bw * me(_curve_size(op, me.axis))
     km = hw.kernel_model
     launches = _f(op.launches)
-    if op.kernel == "gemm" and (km.compute_units or km.gemm_pad != (1, 1, 1)):
+    # tiles are those of the matrix units (tensor cores, MXUs); fp32 runs on the vector units
+    if op.kernel == "gemm" and compute_dtype != "fp32" and (km.compute_units or km.gemm_pad != (1, 1, 1)):
         compute_s, memory_s = gemm_times(op.shape, flops, nbytes, rate, bw_eff, km)
     elif op.kernel == "flash" and km.compute_units:
         compute_s, memory_s, extra = flash_times(op.shape, flops, nbytes, rate, bw_eff, km)
@@ -105,12 +113,32 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
         compute_s, memory_s = flops / rate, nbytes / bw_eff
     impl_name = implementation.name if implementation is not None else hw.default_implementation
     fixed = launches * hw.overhead_for(impl_name)
-    work = combine(compute_s, memory_s)
-    if implementation is not None and implementation.eager and km.async_launch:
-        time_s = np.maximum(work, fixed)  # the host dispatches ahead while the device runs
+    device = combine(compute_s, memory_s) + fixed
+    if implementation is not None and implementation.eager and hw.dispatch_s_per_op:
+        dispatch = launches * hw.dispatch_s_per_op
+        # the host issues every framework operation; with asynchronous launches (GPU
+        # streams) it runs ahead of the device, so the slower of the two sets the pace
+        time_s = np.maximum(device, dispatch) if km.async_launch else device + dispatch
+        return KernelTimes(compute_s, memory_s, time_s - (device - fixed), time_s)
+    return KernelTimes(compute_s, memory_s, fixed, device)
+
+
+def comm_times(op: Op, hw: Hardware, efficiency: str) -> KernelTimes:
+    """A collective between the chips of a tensor-parallel group, or the shipping of data
+    between pools, on the profile's interconnect (:mod:`fidoperf.costmodel.collectives`):
+    derated, its alpha-beta time; roofline, its bytes at the links' datasheet rate."""
+    from .collectives import collective_times, lower_bound_s, transfer_times
+
+    net = hw.interconnect
+    s = op.shape
+    if op.kernel == "transfer":
+        t = transfer_times(s["bytes"], s["streams"], net, roofline=efficiency == "roofline")["time_s"]
+    elif efficiency == "roofline":
+        t = lower_bound_s(s["collective"], s["bytes"], s["chips"], net)
     else:
-        time_s = work + fixed
-    return KernelTimes(compute_s, memory_s, fixed, time_s)
+        t = collective_times(s["collective"], s["bytes"], s["chips"], net)["time_s"]
+    zero = 0.0 * np.asarray(t, dtype=float)
+    return KernelTimes(zero, zero, zero, t, comm_s=t)
 
 
 # --------------------------------------------------------------------------- matrix products
@@ -132,25 +160,17 @@ def gemm_times(shape, flops, nbytes, rate, bw, km: KernelModel):
         return flops / rate * padding, nbytes / bw
     units = float(km.compute_units)
     per_unit = rate / units  # FLOP/s of one compute unit at the large-GEMM rate
-    best_t = best_c = best_m = None
-    for tm, tn, rel in km.gemm_tiles:
-        tiles = batch * _ceil_div(m_p, tm) * _ceil_div(n_p, tn)
-        for s in km.gemm_split_k:
-            blocks = tiles * s
-            waves = np.ceil(blocks / units)
-            k_slice = _ceil_div(k_p, s)
-            compute = waves * (2.0 * tm * tn * k_slice) / (per_unit * rel)
-            extra = 0.0 if s == 1 else 2.0 * s * batch * m * n * 4.0  # fp32 partial sums out and back
-            memory = (nbytes + extra) / (bw * _bandwidth_fraction(blocks, km))
-            t = np.maximum(compute, memory)
-            if best_t is None:
-                best_t, best_c, best_m = t, compute, memory
-            else:
-                better = t < best_t
-                best_t = np.where(better, t, best_t)
-                best_c = np.where(better, compute, best_c)
-                best_m = np.where(better, memory, best_m)
-    return best_c, best_m
+    # every (tile, split-K) candidate along a new leading axis, evaluated at once
+    cand = np.array([(tm, tn, rel, s) for tm, tn, rel in km.gemm_tiles for s in km.gemm_split_k], dtype=float)
+    tm, tn, rel, s = (cand[:, i].reshape((-1,) + (1,) * np.ndim(m_p + n_p + k_p + batch)) for i in range(4))
+    tiles = batch * np.ceil(m_p / tm) * np.ceil(n_p / tn)
+    blocks = tiles * s
+    compute = np.ceil(blocks / units) * (2.0 * tm * tn * np.ceil(k_p / s)) / (per_unit * rel)
+    partials = np.where(s > 1, 2.0 * s * batch * m * n * 4.0, 0.0)  # fp32 partial sums out and back
+    memory = (nbytes + partials) / (bw * _bandwidth_fraction(blocks, km))
+    best = np.argmin(np.maximum(compute, memory), axis=0)[None]
+    return (np.take_along_axis(np.broadcast_to(compute, np.broadcast_shapes(compute.shape, memory.shape)), best, 0)[0],
+            np.take_along_axis(np.broadcast_to(memory, np.broadcast_shapes(compute.shape, memory.shape)), best, 0)[0])
 
 
 def _bandwidth_fraction(blocks, km: KernelModel):
@@ -176,20 +196,12 @@ def decode_splits(bh, n_blocks, units: float, max_splits: int):
 
 
 def _splits(bh, n_blocks, units: float, max_splits: int):
-    cap = np.minimum(np.minimum(max_splits, units), n_blocks)
-    effs = []
-    for s in range(1, max_splits + 1):
-        waves = bh * s / units
-        eff = waves / np.ceil(waves)
-        ok = s <= cap
-        effs.append(np.where(ok, eff, 0.0))
-    best = np.max(np.stack(np.broadcast_arrays(*effs)), axis=0)
-    chosen = np.ones_like(best)
-    found = np.zeros(best.shape, bool)
-    for s, eff in enumerate(effs, start=1):
-        take = (~found) & (eff >= 0.85 * best) & (s <= cap)
-        chosen = np.where(take, s, chosen)
-        found |= take
+    s = np.arange(1, max_splits + 1, dtype=float)[:, None]
+    cap = np.minimum(np.minimum(max_splits, units), n_blocks)[None]
+    waves = bh[None] * s / units
+    eff = np.where(s <= cap, waves / np.ceil(waves), 0.0)
+    ok = (eff >= 0.85 * eff.max(axis=0, keepdims=True)) & (s <= cap)
+    chosen = np.where(ok.any(axis=0), np.argmax(ok, axis=0) + 1.0, 1.0)
     return np.where(bh >= 0.8 * units, 1.0, chosen)
 
 
@@ -197,15 +209,20 @@ def flash_times(shape, flops, nbytes, rate, bw, km: KernelModel):
     """(compute_s, memory_s, extra launches) of a flash-attention kernel."""
     batch, q_len, kv_len, heads, kv_heads = (_f(shape[k]) for k in ("batch", "q_len", "kv_len", "heads",
                                                                       "kv_heads"))
-    causal = bool(np.any(shape.get("causal", False)))
+    causal = np.asarray(shape.get("causal", False), dtype=bool)
     units = float(km.compute_units)
     per_unit = rate / units
     decode = np.all(q_len <= 1)
     if decode:
-        # one query row per head: the H/G heads sharing a key/value head are one block's rows
-        bh = batch * kv_heads
-        n_blocks = _ceil_div(kv_len, km.decode_block_kv)
-        splits = decode_splits(bh, n_blocks, units, km.decode_max_splits)
+        # FlashAttention-2 (csrc/flash_attn/flash_api.cpp): one query token with H/G heads
+        # per key/value head is run as H/G query rows of one block per key/value head;
+        # key blocks of 256 rows (head_dim <= 64), 128 (<= 128) or 64; the split heuristic
+        # is called with twice the SMs ("128 threads per block").
+        dk = _f(shape["head_dim"])
+        block_n = np.where(dk <= 64, 256.0, np.where(dk <= 128, 128.0, 64.0))
+        bh = batch * kv_heads * _ceil_div(heads / kv_heads, 64)
+        n_blocks = np.ceil(kv_len / block_n)
+        splits = decode_splits(bh, n_blocks, 2 * units, km.decode_max_splits)
         blocks = bh * splits
         per_block = flops / blocks
         waves = np.ceil(blocks / units)
@@ -217,14 +234,17 @@ def flash_times(shape, flops, nbytes, rate, bw, km: KernelModel):
     q_blocks = _ceil_div(q_len, bq)
     kv_blocks = _ceil_div(kv_len, bkv)
     bh = batch * heads
-    per_iter = flops / np.maximum(bh * _iterations(q_blocks, kv_blocks, bq, bkv, causal), 1e-300)
+    dk = _f(shape["head_dim"])
+    # one key/value block iteration of one query block, as executed (whole blocks, the
+    # masked half of a diagonal block included): Q K^T and P V, plus the softmax
+    per_iter = bq * bkv * (4.0 * dk + 5.0)
     fixed = km.flash_block_overhead
-    if causal:
-        total = bh * (q_blocks * fixed + _iterations(q_blocks, kv_blocks, bq, bkv, True))
-        longest = fixed + kv_blocks
-        work = np.maximum(total / units, longest)
-    else:
-        work = np.ceil(bh * q_blocks / units) * (fixed + kv_blocks)
+    # causal blocks differ in length: the average load or the longest block, whichever
+    # is larger (a balanced schedule); equal blocks run in whole waves
+    total = bh * (q_blocks * fixed + _iterations(q_blocks, kv_blocks, bq, bkv, True))
+    causal_work = np.maximum(total / units, fixed + kv_blocks)
+    full_work = np.ceil(bh * q_blocks / units) * (fixed + kv_blocks)
+    work = np.where(causal, causal_work, full_work)
     compute = work * per_iter / per_unit
     memory = nbytes / (bw * _bandwidth_fraction(bh * q_blocks, km))
     return compute, memory, 0.0 * compute
@@ -233,11 +253,9 @@ def flash_times(shape, flops, nbytes, rate, bw, km: KernelModel):
 def _iterations(q_blocks, kv_blocks, bq, bkv, causal: bool):
     """Key/value block iterations summed over the query blocks of one head: all of
     them, or for causal attention those at or before the diagonal (query block i of
-    bq rows sees ceil((i + 1) x bq / bkv) key blocks)."""
+    bq rows sees (i + 1) x bq / bkv key blocks; exact when bkv divides bq)."""
     if not causal:
         return q_blocks * kv_blocks
-    # sum_{i=0}^{q-1} min(kv, ceil((i+1) bq / bkv)) with bq a multiple of bkv or the reverse:
-    # close to kv (q + 1) / 2 for q = kv; computed exactly for the common case bq == bkv.
     ratio = bq / bkv
     full = q_blocks * (q_blocks + 1) / 2.0 * ratio
     return np.minimum(full, q_blocks * kv_blocks)

@@ -291,9 +291,14 @@ def cross_kv_layer(D_enc, G, dk, B, P, N, w, a, c, impl: Implementation = XLA) -
 
 
 def decoder_layer(D, H, G, dk, F, n_in, B, P, N, t, cross: bool, w, a, c, impl: Implementation = XLA,
-                  flash_rows=128) -> list[Op]:
+                  flash_rows=128, cross_attention=None) -> list[Op]:
     """One decoder layer at one incremental step, the self-attention cache holding
-    ``t`` tokens once this step's key and value are written (t = 1 .. T)."""
+    ``t`` tokens once this step's key and value are written (t = 1 .. T).
+
+    ``cross_attention``: (samples, query heads, key/value heads) of the cross-attention
+    kernel when they differ from (B, H, G): a tensor-parallel chip holding the keys and
+    values of B/T samples for all heads (see fidoperf.specs.layout)."""
+    cross_b, cross_h, cross_g = cross_attention or (B, H, G)
     fused = impl.fused_elementwise
     self_new = B * 2 * G * dk * c  # this step's key and value, written to the cache
     ops = [] if fused else [rms_norm("self_attn_norm", B, D, w, a, impl)]
@@ -311,7 +316,7 @@ def decoder_layer(D, H, G, dk, F, n_in, B, P, N, t, cross: bool, w, a, c, impl: 
             ops.append(rms_norm("cross_attn_norm", B, D, w, a, impl))
         ops += [
             linear("cross_attn_q", B, D, H * dk, w, a),
-            *attention("cross_attn", 1, P * N, H, G, dk, a, c, "cross_kv", groups=B, impl=impl,
+            *attention("cross_attn", 1, P * N, cross_h, cross_g, dk, a, c, "cross_kv", groups=cross_b, impl=impl,
                        flash_rows=flash_rows),
             linear("cross_attn_out", B, H * dk, D, w, a),
             residual_norm("cross_attn_residual_norm", B, D, w, a) if fused

@@ -18,8 +18,10 @@ from .yamlio import Fields, Sourced, as_number, data_dir, read_yaml, resolve_pat
 from .yamlio import sourced as _sourced
 
 OP_KINDS = ("matmul", "attention", "softmax", "vector", "gather")
+# "flash": fused attention kernels (flash attention, flash decoding); they fall back to
+# the attention curves, then to the chip-wide ones.
 EFFICIENCY_KEYS = ("compute", "memory") + tuple(
-    f"{k}_{r}" for k in OP_KINDS for r in ("compute", "memory")
+    f"{k}_{r}" for k in OP_KINDS + ("flash",) for r in ("compute", "memory")
 )
 CURVE_AXES = ("flops", "bytes", "rows", "head_dim")
 
@@ -74,8 +76,8 @@ class KernelModel:
     flash_block_q/kv    query rows and key/value rows of a flash-attention block.
     flash_block_overhead  a flash block's fixed work (loading Q, softmax rescale, writing
                         O) in units of one key/value block iteration.
-    decode_block_kv     key/value rows per split of flash decoding; splits are chosen as
-                        FlashAttention-2's num_splits_heuristic does, up to decode_max_splits.
+    decode_max_splits   flash decoding splits the keys of a sequence across at most this many
+                        blocks (FlashAttention-2: 128), chosen as its num_splits_heuristic does.
     async_launch        kernel launches overlap kernel execution (GPU streams): an eager
                         framework operation takes max(dispatch, kernel), not their sum.
     """
@@ -88,7 +90,6 @@ class KernelModel:
     flash_block_q: int = 128
     flash_block_kv: int = 128
     flash_block_overhead: float = 0.0
-    decode_block_kv: int = 256
     decode_max_splits: int = 128
     async_launch: bool = False
     sources: Mapping[str, Sourced] = field(default_factory=dict)
@@ -113,6 +114,7 @@ class Hardware:
     overhead_s_per_call: float = 0.0  # added once per call of a compiled function (validation only)
     sources: Mapping[str, Sourced] = field(default_factory=dict)
     overheads_by_implementation: Mapping[str, float] = field(default_factory=dict)  # overrides per preset
+    dispatch_s_per_op: float = 0.0  # host time to issue one operation of an eager framework (PyTorch)
     default_implementation: str = "xla"
     kernel_model: KernelModel = field(default_factory=lambda: KernelModel())
     interconnect: Interconnect | None = None  # the fabric between chips (collectives)
@@ -130,8 +132,11 @@ class Hardware:
             )
         return self.peak_flops_per_s[dtype]
 
-    def curve(self, kind: str, resource: str) -> Curve:
-        """Efficiency for ``resource`` ("compute" or "memory") of ops of ``kind``."""
+    def curve(self, kind: str, resource: str, kernel: str = "") -> Curve:
+        """Efficiency for ``resource`` ("compute" or "memory") of ops of ``kind`` (a flash
+        ``kernel`` looks for ``flash_<resource>`` first)."""
+        if kernel == "flash" and f"flash_{resource}" in self.efficiency:
+            return self.efficiency[f"flash_{resource}"]
         return self.efficiency.get(f"{kind}_{resource}") or self.efficiency[resource]
 
     def overhead_for(self, implementation: str) -> float:
@@ -146,6 +151,7 @@ class Hardware:
 def _curve(raw: Any, where: str, key: str) -> Curve:
     g = Fields(raw, where, key + ".")
     source = g.str("source", "")
+    g.str("note", "")
     if g.has("value"):
         value = g.number("value")
         if value > 1.5:
@@ -204,7 +210,7 @@ def _overheads(f: Fields, key: str) -> tuple[float, dict[str, float]]:
     return default, by_impl
 
 
-_KERNEL_MODEL_INTS = ("compute_units", "flash_block_q", "flash_block_kv", "decode_block_kv", "decode_max_splits")
+_KERNEL_MODEL_INTS = ("compute_units", "flash_block_q", "flash_block_kv", "decode_max_splits")
 
 
 def _kernel_model(raw: Any, where: str) -> KernelModel:
@@ -241,7 +247,7 @@ def _kernel_model(raw: Any, where: str) -> KernelModel:
         else:
             raise g.err(str(key), "unknown field (known: compute_units, gemm_tiles, gemm_split_k, gemm_pad, "
                                   "bandwidth_units, flash_block_q, flash_block_kv, flash_block_overhead, "
-                                  "decode_block_kv, decode_max_splits, async_launch)")
+                                  "decode_max_splits, async_launch)")
         values[key] = value
     return KernelModel(**values, sources=sources)
 
@@ -299,6 +305,7 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
         efficiency.setdefault(key, Curve(((1.0, 1.0),), "flops", "pure roofline"))
     overhead_op, by_impl = _overheads(f, "overhead_s_per_op")
     overhead_call = _overhead(f, "overhead_s_per_call")
+    dispatch = _overhead(f, "dispatch_s_per_op")
     default_impl = f.str("default_implementation", "xla")
     if default_impl not in IMPLEMENTATIONS:
         raise f.err("default_implementation", f"must be one of {', '.join(IMPLEMENTATIONS)}, got {default_impl!r}")
@@ -320,6 +327,7 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
         overhead_s_per_op=overhead_op,
         overhead_s_per_call=overhead_call,
         overheads_by_implementation=by_impl,
+        dispatch_s_per_op=dispatch,
         default_implementation=default_impl,
         kernel_model=kernel_model,
         interconnect=interconnect_from_dict(f.raw("interconnect"), where) if f.has("interconnect") else None,
