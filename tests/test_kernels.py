@@ -9,18 +9,16 @@ import math
 import numpy as np
 import pytest
 import yaml
+from conftest import ROUND_CHIP_YAML
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import fidoperf as fp
-from fidoperf.costmodel import ops as costs
 from fidoperf.costmodel.kernels import decode_splits, kernel_times
 from fidoperf.costmodel.optable import op_table
 from fidoperf.costmodel.prediction import Settings, flash_rows, operator_list
 from fidoperf.specs import hardware_from_dict, hardware_names, load_hardware
 from fidoperf.specs.implementation import IMPLEMENTATIONS
-
-from conftest import ROUND_CHIP_YAML
 
 UNITS = 4
 KERNEL_CHIP_YAML = ROUND_CHIP_YAML.replace("name: round-chip", "name: kernel-chip") + f"""
@@ -196,8 +194,9 @@ def test_per_kernel_rows_add_up_to_the_whole_model(hw_name, impl):
     assert pred.ops["time_s"].sum() == pytest.approx(pred.totals["batch_time_s"], rel=1e-12)
     # every matrix product and attention kernel the model charges is what `op` says for that shape
     checked = 0
-    for phase, _, op, calls in operator_list(model, wl, IMPLEMENTATIONS[impl], flash_rows(hw)):
-        plain = np.allclose(op.flops, 2.0 * np.asarray(op.shape.get("m", 0)) * op.shape.get("n", 0) * op.shape.get("k", 0))
+    for phase, _, op, _calls in operator_list(model, wl, IMPLEMENTATIONS[impl], flash_rows(hw)):
+        s = op.shape
+        plain = np.allclose(op.flops, 2.0 * np.asarray(s.get("m", 0)) * s.get("n", 0) * s.get("k", 0))
         if op.kernel == "gemm" and op.shape.get("batch", 1) == 1 and plain:  # fused epilogues add vector work
             m = np.broadcast_to(np.asarray(op.shape["m"], float), np.shape(op.flops) or (1,))
             row = op_table("gemm", {"m": m.astype(int), "n": [int(op.shape["n"])] * len(m),
