@@ -12,6 +12,7 @@ from .bench import bench, calibrate, validate
 from .options import InputError
 from .plots import breakdown, plan, quality, roofline
 from .predict import list_cmd, predict
+from .simulate import simulate
 from .sweep import sweep
 
 
@@ -46,5 +47,5 @@ def main():
     cli(prog_name="fidoperf")
 
 
-for command in (list_cmd, predict, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
+for command in (list_cmd, predict, sweep, simulate, roofline, breakdown, quality, plan, calibrate, bench, validate):
     cli.add_command(command)
