@@ -81,8 +81,10 @@ def main():
         if key not in caps:
             caps[key] = prepare(model, hw, wl, requests=2000, serving=Serving(policy=policy), dists=dists).capacity_qps
         qps = load * caps[key]
-        res, cold, times = timed(lambda: simulate(model, hw, wl, qps=qps, requests=n, policy=policy,  # noqa: B023
-                                                  dists=dists), args.repeat)
+        def run(model=model, qps=qps, policy=policy, dists=dists):
+            return simulate(model, hw, wl, qps=qps, requests=n, policy=policy, dists=dists)
+
+        res, cold, times = timed(run, args.repeat)
         med = statistics.median(times)
         print(f"{mname:>10} {policy:>11} {dist:>10} {load:>5.1f} {cold:>7.2f} {med:>9.2f} "
               f"{min(times):>6.2f}-{max(times):<6.2f} {n / med:>11.3g} {res.summary['mean_decode_batch']:>10.3g}")
@@ -98,8 +100,10 @@ def main():
         for policy in ("static", "continuous"):
             for target in (0.1, 1.0):
                 for reqs in (4000, 10_000):
-                    r, cold, times = timed(lambda: max_sustainable_rate(  # noqa: B023
-                        model, hw, wl, target_s=target, policy=policy, requests=reqs), args.repeat)  # noqa: B023
+                    def search(model=model, target=target, policy=policy, reqs=reqs):
+                        return max_sustainable_rate(model, hw, wl, target_s=target, policy=policy, requests=reqs)
+
+                    r, cold, times = timed(search, args.repeat)
                     med = statistics.median(times)
                     print(f"{mname:>10} {policy:>11} {target:>7g} {reqs:>9,} {len(r.points):>6} {cold:>7.2f} "
                           f"{med:>9.2f} {r.rate_qps:>9.4g}")

@@ -162,6 +162,15 @@ def test_above_capacity_the_queue_grows_and_no_latency_is_given(fido, tpu):
     assert half == pytest.approx(n / 6, abs=3)
 
 
+def test_near_saturation_a_short_run_is_flagged_not_steady(fido, tpu):
+    cap = S.prepare(fido, tpu, SMALL, requests=2000).capacity_qps
+    assert S.steady_load_limit(4000) == pytest.approx(1 - 3 / math.sqrt(4000))
+    near = S.simulate(fido, tpu, SMALL, qps=0.99 * cap, requests=2000).summary
+    fine = S.simulate(fido, tpu, SMALL, qps=0.5 * cap, requests=2000).summary
+    assert near["sustainable"] and not near["steady_state"]
+    assert fine["sustainable"] and fine["steady_state"]
+
+
 def test_overload_with_batching_is_not_sustainable(fid, tpu):
     res = S.simulate(fid, tpu, Workload(batch=1), qps=120.0, requests=3000, policy="continuous")
     assert not res.summary["sustainable"] and res.summary["offered_qps"] > res.summary["capacity_qps"]
@@ -295,7 +304,7 @@ def test_rate_search_finds_the_edge(fido, tpu):
     target = 0.06
     kw = dict(requests=1500, seed=2, policy="continuous")
     r = S.max_sustainable_rate(fido, tpu, SMALL, target_s=target, **kw)
-    assert 0 < r.rate_qps < r.capacity_qps
+    assert 0 < r.rate_qps <= S.steady_load_limit(1500) * r.capacity_qps
     at = S.simulate(fido, tpu, SMALL, qps=r.rate_qps, latency_target_s=target, **kw).summary
     above = S.simulate(fido, tpu, SMALL, qps=r.rate_qps * 1.02, latency_target_s=target, **kw).summary
     assert at["meets_target"] and at["latency_p99_s"] <= target

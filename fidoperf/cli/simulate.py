@@ -38,6 +38,15 @@ def _dists(items):
     return out
 
 
+MODEL_OPTIONS = ("kv_heads", "cross_attn_every", "encoder_size", "decoder_size", "decoder_layers", "encoder_layers")
+
+
+def _echo(kw, hardware) -> dict:
+    """The model and hardware as given on the command line (names or files, overrides)."""
+    return {"model_arg": kw.get("model"), "hardware_arg": hardware,
+            "model_options": {k: kw[k] for k in MODEL_OPTIONS if kw.get(k) is not None}}
+
+
 def _summary_text(res) -> str:
     from ..present.fmt import seconds
 
@@ -58,6 +67,11 @@ def _summary_text(res) -> str:
             f"the queue grows without bound (up to {s['max_waiting']} waiting in this run), so no latency is "
             "reported.")
     else:
+        if not s["steady_state"]:
+            lines.append(
+                f"note: at {100 * s['load']:.1f}% of capacity a run of {s['requests']} requests does not reach a "
+                "steady state (a queue this close to saturation relaxes over about (1 - load)^-2 requests); "
+                "the figures describe this run, and more requests would give higher percentiles.")
         lines += [
             f"latency   mean {seconds(s['latency_mean_s'])}, p50 {seconds(s['latency_p50_s'])}, "
             f"p90 {seconds(s['latency_p90_s'])}, p99 {seconds(s['latency_p99_s'])}, max {seconds(s['latency_max_s'])}",
@@ -179,10 +193,12 @@ def simulate(hardware, passages, passage_len, target_len, dist, dtype, arrivals,
     if find_rate:
         search = S.max_sustainable_rate(model, hw, wl, target_s=latency_ms / 1e3,
                                         requests=4000 if requests is None else requests, **common)
+        search.settings.update(_echo(kw, hardware))
         _print_search(search, fmt)
         return
     res = S.simulate(model, hw, wl, qps=qps, trace=trace, requests=requests, latency_target_s=(
         None if latency_ms is None else latency_ms / 1e3), **common)
+    res.settings.update(_echo(kw, hardware))
     if fmt == "json":
         from ..present.fmt import to_json
 

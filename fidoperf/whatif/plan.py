@@ -34,7 +34,7 @@ import pandas as pd
 from ..costmodel.prediction import Prediction, Settings, memory_footprint, predict
 from ..errors import SpecError
 from ..specs import Hardware, ModelSpec, Workload
-from .simulate import POLICIES, RateSearch, max_sustainable_rate
+from .simulate import POLICIES, RateSearch, max_sustainable_rate, steady_load_limit
 
 DEFAULT_SETTINGS = Settings()
 
@@ -76,8 +76,10 @@ def assumptions(sp: ServingPlan) -> list[str]:
         f"assumed: {sp.describe()}. The target applies to the {sp.percentile:g}th percentile.",
         f"Rate per chip = the highest arrival rate whose {sp.percentile:g}th percentile latency meets the target "
         f"on one chip, searched by bisection in log(rate) ({sp.requests} simulated requests per rate, the first 10% "
-        f"left out, seed {sp.seed}, {100 * sp.rel_tol:g}% tolerance), never above the rate the chip serves with "
-        "its queue never empty.",
+        f"left out, seed {sp.seed}, {100 * sp.rel_tol:g}% tolerance), at most "
+        f"{100 * steady_load_limit(sp.requests):.3g}% of the rate the chip serves with its queue never empty "
+        "(closer to it, a run of that length does not "
+        "reach a steady state).",
         "The load is split evenly over the chips, each an independent copy with its own queue (random "
         "routing); one shared queue over all chips would do somewhat better at the same rate.",
         "Chips = ceil(load / rate per chip): the last chip may be partly idle, and its cost counts.",

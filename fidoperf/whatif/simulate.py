@@ -497,6 +497,7 @@ def _summary(eng: _Engine, rec: pd.DataFrame, offered_qps: float, capacity_qps: 
         "capacity_qps": capacity_qps,
         "load": offered_qps / capacity_qps if capacity_qps > 0 else math.inf,
         "sustainable": sustainable,
+        "steady_state": bool(sustainable and offered_qps <= steady_load_limit(len(rec)) * capacity_qps),
         "throughput_qps": len(rec) / span if span > 0 else math.nan,
         "utilisation": eng.busy_s / (eng.serving.replicas * span) if span > 0 else math.nan,
         "mean_decode_batch": eng.decode_batch_s / eng.decode_s if eng.decode_s > 0 else math.nan,
@@ -530,6 +531,14 @@ def _summary(eng: _Engine, rec: pd.DataFrame, offered_qps: float, capacity_qps: 
         s["goodput_qps"] = s["throughput_qps"] * s["fraction_within_target"]
         s["meets_target"] = bool(sustainable and stats["latency_percentile_s"] <= target_s)
     return s
+
+
+def steady_load_limit(requests: int) -> float:
+    """The highest fraction of capacity at which a run of ``requests`` requests says
+    something about the steady state: near saturation a queue relaxes over about
+    (1 - load)^-2 services (heavy traffic), which must stay well below the run length;
+    1 - 3 / sqrt(requests), at most 0.999 (0.95 for 4000 requests)."""
+    return min(0.999, 1.0 - 3.0 / math.sqrt(max(requests, 10)))
 
 
 # --------------------------------------------------------------------------- prepared runs
@@ -761,8 +770,8 @@ def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workloa
     (the same draws, scaled), for the highest rate at which the load is sustainable and
     the ``percentile``-th percentile latency is at most ``target_s``.
 
-    The rate is bracketed first on 9 log-spaced points from 1e-3 to 0.999 of the
-    measured capacity, from the top down (latency need not fall monotonically with the
+    The rate is bracketed first on 9 log-spaced points from 1e-3 of the measured
+    capacity to :func:`steady_load_limit` of it, from the top down (latency need not fall monotonically with the
     rate: a static batch fills faster at higher rates), then bisected between the
     highest feasible point and the one above until they are within ``rel_tol``."""
     _positive("--latency-ms", target_s)
@@ -801,7 +810,8 @@ def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workloa
     if floor > target_s:
         return done(0.0, None, f"even a request served alone takes {floor * 1e3:.4g} ms at the {percentile:g}th "
                                f"percentile, over the {target_s * 1e3:.4g} ms target")
-    grid = cap * np.geomspace(1e-3, 0.999, 9)
+    top = steady_load_limit(len(prep.unit_arrival_s))
+    grid = cap * np.geomspace(1e-3, top, 9)
     lo = hi = None
     for k in range(len(grid) - 1, -1, -1):
         if evaluate(float(grid[k]))["meets_target"]:
@@ -811,7 +821,8 @@ def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workloa
     if lo is None:
         return done(0.0, None, f"no rate from {grid[0]:.3g} to {grid[-1]:.3g} queries/s meets the target")
     if hi is None:
-        return done(lo, cache[lo], "the target holds up to the capacity")
+        return done(lo, cache[lo], f"the target holds up to {100 * top:.3g}% of capacity, the highest load a run of "
+                                   f"{len(prep.unit_arrival_s)} requests represents (more requests reach closer)")
     while hi / lo > 1.0 + rel_tol:
         mid = math.sqrt(lo * hi)
         if evaluate(mid)["meets_target"]:
