@@ -145,6 +145,19 @@ def test_deterministic_arrivals_below_capacity_never_queue(fido, tpu, policy):
     assert res.summary["latency_p99_s"] == pytest.approx(S_, rel=1e-9)
 
 
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_replicas_share_the_queue(fido, tpu, policy):
+    """Three chips at batch size 1: capacity 3/S, and evenly spaced arrivals at 90% of it
+    always find a free chip; the work is spread over all three."""
+    S_ = lone(fido, tpu, 10, 64, 6)
+    res = S.simulate(fido, tpu, SMALL, qps=2.7 / S_, arrivals="deterministic", requests=900, policy=policy,
+                     max_batch=1, max_wait_ms=0.0, replicas=3)
+    assert res.summary["capacity_qps"] == pytest.approx(3 / S_, rel=1e-3)
+    assert (res.records["queue_s"].abs() < 1e-12).all()
+    assert sorted(res.records["replica"].unique()) == [0, 1, 2]
+    assert res.summary["utilisation"] == pytest.approx(0.9, rel=0.01)
+
+
 def test_above_capacity_the_queue_grows_and_no_latency_is_given(fido, tpu):
     S_ = lone(fido, tpu, 10, 64, 6)
     n = 3000

@@ -608,9 +608,10 @@ def measure_capacity(prep: Prepared) -> float:
     reqs = Requests(np.zeros(n_sat), *sizes)
     eng = _Engine(prep.service, reqs, prep.serving, np.random.default_rng([prep.seed, 3])).run()
     done = np.sort(np.asarray(eng.finish))
-    i10, i90 = int(0.1 * n_sat), int(0.9 * n_sat)
-    if done[i90] > done[i10]:
-        return (i90 - i10) / float(done[i90] - done[i10])
+    t10, t90 = done[int(0.1 * n_sat)], done[int(0.9 * n_sat)]
+    if t90 > t10:  # requests completed in (t10, t90]: exact when they complete in batches
+        between = np.searchsorted(done, t90, side="right") - np.searchsorted(done, t10, side="right")
+        return float(between) / float(t90 - t10)
     return n_sat / float(done[-1])
 
 
