@@ -46,6 +46,8 @@ _EXPORTS = {
     "predict": "costmodel.prediction",
     "ops_table": "costmodel.prediction",
     "memory_footprint": "costmodel.prediction",
+    "simulate": "whatif.simulate",
+    "max_sustainable_rate": "whatif.simulate",
 }
 
 __all__ = sorted(_EXPORTS)

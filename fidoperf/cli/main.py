@@ -13,6 +13,7 @@ from .op import op
 from .options import InputError
 from .plots import breakdown, plan, quality, roofline
 from .predict import list_cmd, predict
+from .simulate import simulate
 from .sweep import sweep
 
 
@@ -49,5 +50,5 @@ def main():
     cli(prog_name="fidoperf")
 
 
-for command in (list_cmd, predict, op, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
+for command in (list_cmd, predict, op, sweep, simulate, roofline, breakdown, quality, plan, calibrate, bench, validate):
     cli.add_command(command)

@@ -264,18 +264,11 @@ def quality(hardware, output, quality_file, **kw):
 # --------------------------------------------------------------------------- plan
 
 
-def _batches(text):
-    if text is None:
-        return None
-    try:
-        return [int(x) for x in text.replace(" ", "").split(",") if x]
-    except ValueError:
-        raise InputError(f"--batches: expected comma-separated whole numbers, got {text!r}") from None
-
-
 @click.command()
 @click.option("--qps", type=float, required=True, help="Target load, queries per second.")
-@click.option("--latency-ms", type=float, required=True, help="Latency limit per query (ms).")
+@click.option("--latency-ms", type=float, required=True,
+              help="Latency target (ms) for the --percentile of queries, queueing included.")
+@click.option("--percentile", type=float, default=99.0, show_default=True, help="Percentile the target applies to.")
 @click.option(
     "--model", "-m", "models", multiple=True, default=PLAN_MODELS, show_default=True, help=VARIANT_HELP
 )
@@ -294,11 +287,19 @@ def _batches(text):
     type=click.Choice(["bf16", "fp16", "fp32", "tf32", "int8", "fp8"]),
     help="Weights/activations/KV cache and matmul rate (as in `fidoperf predict`).",
 )
-@click.option(
-    "--batches",
-    help="Comma-separated batch sizes to try [default: powers of two 1..512 that fit, "
-    "plus the largest batch that fits].",
-)
+@click.option("--policy", type=click.Choice(["static", "continuous"]), default="continuous", show_default=True,
+              help="Batching policy simulated (see `fidoperf simulate --help`).")
+@click.option("--arrivals", type=click.Choice(["poisson", "gamma", "deterministic"]), default="poisson",
+              show_default=True, help="Arrival process simulated.")
+@click.option("--cv", type=float, default=2.0, show_default=True,
+              help="Coefficient of variation of the gaps between arrivals (--arrivals gamma).")
+@click.option("--max-batch", type=int, default=128, show_default=True,
+              help="Most requests in a batch per chip; memory may allow fewer.")
+@click.option("--max-wait-ms", type=float, default=10.0, show_default=True,
+              help="static: dispatch a batch that is not full once its oldest request waited this long.")
+@click.option("--requests", "-n", type=int, default=4000, show_default=True,
+              help="Simulated requests per rate tried by the search.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated arrivals.")
 @click.option(
     "--price-per-chip-hour",
     type=float,
@@ -306,13 +307,15 @@ def _batches(text):
 )
 @settings_options
 @output_option("Write a report here: .md (Markdown) or .html (self-contained page), tables and figures.")
-def plan(qps, latency_ms, models, hardware, batches, price_per_chip_hour, output, **kw):
-    """Chips and batch size that serve --qps within --latency-ms at the least cost,
-    for every model and chip.
+def plan(qps, latency_ms, percentile, models, hardware, policy, arrivals, cv, max_batch, max_wait_ms, requests,
+         seed, price_per_chip_hour, output, **kw):
+    """Chips that serve --qps with the --percentile latency within --latency-ms at the
+    least cost, for every model and chip.
 
-    A query's latency is the time of its batch (no queueing beyond one batch); every
-    chip holds a full copy of the model and serves one batch at a time. The
-    assumptions are printed in the report.
+    For each model and chip, a serving simulation (`fidoperf simulate`, --policy and
+    --arrivals) searches the highest rate one chip sustains under the target; chips =
+    ceil(qps / that rate). Every chip holds a full copy of the model. The policy, the
+    arrival process and the other assumptions are printed in the report.
     """
     if output is not None and output.suffix.lower() not in REPORT_SUFFIXES:
         raise InputError(
@@ -326,6 +329,8 @@ def plan(qps, latency_ms, models, hardware, batches, price_per_chip_hour, output
     from ..whatif import plan as P
 
     wl = build_workload(batch=1, **kw)
+    serving = P.ServingPlan(percentile=percentile, policy=policy, arrivals=arrivals, cv=cv, max_batch=max_batch,
+                            max_wait_ms=max_wait_ms, requests=requests, seed=seed)
     result = P.plan(
         _models(models),
         [load_hardware(h) for h in hardware],
@@ -333,24 +338,27 @@ def plan(qps, latency_ms, models, hardware, batches, price_per_chip_hour, output
         qps,
         latency_ms,
         price_per_chip_hour=price_per_chip_hour,
-        batches=_batches(batches),
+        serving=serving,
         settings=build_settings(**kw),
     )
     table = R.best_table(result)
-    cols = ["rank", "model", "hardware", "batch", "chips", "latency ms", "J/query", "USD/1M queries", "note"]
+    pct = f"p{percentile:g}"
+    cols = ["rank", "model", "hardware", "queries/s/chip", "chips", f"{pct} ms", "J/query", "USD/1M queries", "note"]
     short = table[[c for c in cols if c in table.columns]]
     click.echo(
-        f"{qps:g} queries/s within {latency_ms:g} ms; {wl.passages} passages x {wl.passage_len} tokens, "
-        f"{wl.target_len} target tokens\n{R.summary_line(result)}\n\n{text_table(short)}"
+        f"{qps:g} queries/s, {pct} within {latency_ms:g} ms; {wl.passages} passages x {wl.passage_len} tokens, "
+        f"{wl.target_len} target tokens; {serving.describe()}\n{R.summary_line(result)}\n\n{text_table(short)}"
     )
     for note in result.notes:
         click.echo(f"note: {note}")
     if output is None:
         return
     from ..present import plots
+    from ..present import serving_plots as SP
+
     figures = [
         R.Figure(title, caption, figure_bytes(ax, "png", dpi=110))
-        for title, caption, ax in plots.plan_figures(result)
+        for title, caption, ax in plots.plan_figures(result) + SP.plan_search_figures(result)
     ]
     text = (R.report_html if output.suffix.lower() == ".html" else R.report_markdown)(result, figures)
     write_atomic(output, text.encode())

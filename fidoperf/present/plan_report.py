@@ -21,7 +21,8 @@ def _num(v, fmt):
 
 
 def best_table(p: Plan) -> pd.DataFrame:
-    """The ranked plans formatted for people (ms, GB, %, J, USD)."""
+    """The ranked plans formatted for people (queries/s, ms, GB, %, J, USD)."""
+    pct = f"p{p.percentile:g}"
     rows = []
     for _, r in p.best.iterrows():
         ok = bool(r["feasible"])
@@ -30,10 +31,12 @@ def best_table(p: Plan) -> pd.DataFrame:
                 "rank": int(r["rank"]),
                 "model": r["model"],
                 "hardware": r["hardware"],
-                "batch": int(r["batch"]) if ok else "-",
-                "chips": int(r["chips"]) if ok else "-",
-                "latency ms": _num(r["batch_time_s"] * 1e3, ".4g") if ok else "-",
                 "queries/s/chip": _num(r["throughput_per_chip_qps"], ".4g") if ok else "-",
+                "chips": int(r["chips"]) if ok else "-",
+                f"{pct} ms": _num(r["latency_s"] * 1e3, ".4g") if ok else "-",
+                "p50 ms": _num(r["latency_p50_s"] * 1e3, ".4g") if ok else "-",
+                "mean batch": int(r["batch"]) if ok else "-",
+                "utilisation": f"{100 * r['utilisation']:.0f}%" if ok else "-",
                 "memory": (
                     f"{r['peak_bytes'] / 1e9:.1f} GB ({100 * r['memory_fraction']:.0f}%)" if ok else "-"
                 ),
@@ -47,19 +50,22 @@ def best_table(p: Plan) -> pd.DataFrame:
 
 
 def candidates_table(p: Plan) -> pd.DataFrame:
+    """Every rate the searches tried."""
     c = p.candidates
+    pct = f"p{p.percentile:g}"
     return pd.DataFrame(
         {
             "model": c["model"],
             "hardware": c["hardware"],
-            "batch": c["batch"],
-            "latency ms": [_num(v * 1e3, ".4g") for v in c["batch_time_s"]],
-            "queries/s/chip": [_num(v, ".4g") for v in c["throughput_per_chip_qps"]],
+            "queries/s/chip": [_num(v, ".4g") for v in c["rate_qps"]],
+            f"{pct} ms": [_num(None if v is None else v * 1e3, ".4g") for v in c["latency_s"]],
+            "p50 ms": [_num(None if v is None else v * 1e3, ".4g") for v in c["latency_p50_s"]],
+            "mean batch": [_num(v, ".3g") for v in c["mean_decode_batch"]],
+            "utilisation": [f"{100 * v:.0f}%" for v in c["utilisation"]],
             "chips": [("-" if pd.isna(v) else str(int(v))) for v in c["chips"]],
-            "memory": [f"{100 * v:.0f}%" for v in c["memory_fraction"]],
             "USD/1M queries": [_num(v, ",.2f") for v in c["cost_per_million_usd"]],
-            "feasible": ["yes" if v else "no" for v in c["feasible"]],
-            "why not": c["reason"],
+            "meets target": ["yes" if v else "no" for v in c["feasible"]],
+            "sustainable": ["yes" if v else "no" for v in c["sustainable"]],
         }
     )
 
@@ -71,16 +77,17 @@ def summary_line(p: Plan) -> str:
         f", {cost:,.2f} USD per million queries" if not math.isnan(cost) else " (no price: ranked by chips)"
     )
     return (
-        f"best: {int(r['chips'])} x {r['hardware']} running {r['model']} at batch {int(r['batch'])}: "
-        f"latency {r['batch_time_s'] * 1e3:.4g} ms, {r['throughput_per_chip_qps']:.4g} queries/s per chip"
-        + cost_text
+        f"best: {int(r['chips'])} x {r['hardware']} running {r['model']}: each chip sustains "
+        f"{r['throughput_per_chip_qps']:.4g} queries/s with p{p.percentile:g} latency {r['latency_s'] * 1e3:.4g} ms "
+        f"(p50 {r['latency_p50_s'] * 1e3:.4g} ms)" + cost_text
     )
 
 
 def inputs_lines(p: Plan) -> list[str]:
     wl = p.workload
     lines = [
-        f"Load: {p.qps:g} queries/s; latency limit {p.latency_s * 1e3:g} ms per query.",
+        f"Load: {p.qps:g} queries/s; target: p{p.percentile:g} latency within {p.latency_s * 1e3:g} ms per query.",
+        f"Serving assumed: {p.serving.describe()}.",
         f"Workload: {wl.passages} passages x {wl.passage_len} tokens, {wl.target_len} generated tokens, "
         f"weights {wl.weight_dtype}, activations {wl.act_dtype}, KV cache {wl.kv_dtype}, matmuls at "
         f"{wl.compute_dtype} peak; overlap model {p.settings.overlap}"
@@ -114,8 +121,9 @@ def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
     from .. import __version__
     top = p.best.iloc[0]
     blocks: list[tuple[str, Any]] = [
-        ("h1", f"Capacity plan: {p.qps:g} queries/s within {p.latency_s * 1e3:g} ms"),
-        ("p", f"Written by fidoperf {__version__} from roofline predictions, not measurements."),
+        ("h1", f"Capacity plan: {p.qps:g} queries/s, p{p.percentile:g} within {p.latency_s * 1e3:g} ms"),
+        ("p", f"Written by fidoperf {__version__} from serving simulations fed by roofline predictions, not "
+              f"measurements. Assumed: {p.serving.describe()}."),
         ("h2", "Recommendation"),
         ("p", summary_line(p) + "."),
         ("h2", "Plans, one per model and chip, best first"),
@@ -127,16 +135,12 @@ def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
     for f in figures:
         blocks += [("h2", f.title), ("img", f), ("p", f.caption)]
     blocks += [
-        ("h2", "Every candidate evaluated"),
+        ("h2", "Every rate tried"),
         (
             "p",
-            (
-                "Batch sizes tried for each pair: powers of two up to 512 that fit, plus the largest batch "
-                "that fits"
-                if p.batches is None
-                else f"Batch sizes tried for each pair (as asked for): {', '.join(map(str, p.batches))}"
-            )
-            + f"; the chosen plan of {top['model']} on {top['hardware']} is rank 1 above.",
+            f"Arrival rates per chip simulated by the searches ({p.serving.requests} requests each), with the "
+            f"chips and cost each would need for {p.qps:g} queries/s; the chosen plan of {top['model']} on "
+            f"{top['hardware']} is rank 1 above.",
         ),
         ("table", candidates_table(p)),
     ]

@@ -1,19 +1,22 @@
-"""Capacity planning: how many chips, at which batch size, serve a load within a
-latency limit at the least cost.
+"""Capacity planning: how many chips serve a load with a latency percentile within a
+target, at the least cost, for each model and chip.
 
-For each (model, chip) pair every candidate batch size b is evaluated with
-:func:`fidoperf.costmodel.prediction.predict`:
+For each (model, chip) pair, :func:`evaluate_pair` asks the serving simulation
+(:func:`fidoperf.whatif.simulate.max_sustainable_rate`) for the highest arrival rate one
+chip sustains with the ``percentile``-th percentile latency within the target, under the
+chosen batching policy and arrival process (queueing, batch formation and memory
+limits included), and derives:
 
-    latency           = batch_time_s(b)             (the time of the batch a query is in)
-    throughput / chip = b / batch_time_s(b)         (queries/s)
-    chips             = ceil(qps / throughput per chip)
+    rate per chip     r = max_sustainable_rate(...)              (queries/s)
+    chips             = ceil(qps / r)
     cost per 1M       = chips x price per chip-hour / (qps x 3600) x 1e6   (USD)
-    energy per query  = TDP x batch_time_s(b) / b   (J)
+    energy per query  = TDP x chips / qps                         (J; a loaded fleet)
+    energy per 1M     = energy per query x 1e6                    (J)
 
-A candidate is feasible when the batch fits in the chip's memory and its latency is
-within the limit; the pair's plan is its feasible candidate with the fewest chips
-(hence the least cost: the price is per chip), ties going to the lower latency.
-Assumptions are listed in :data:`ASSUMPTIONS` and printed with every plan.
+A pair is feasible when the model fits on one chip and some rate meets the target; the
+ranking is by cost, then chips. Assumptions are listed in :func:`assumptions` and
+printed with every plan. The evaluation of one pair is one function so that parallel
+layouts can be looped over it.
 
 Units: seconds, bytes, W, J, USD; ms only in the human tables.
 """
@@ -23,6 +26,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -30,28 +34,70 @@ import pandas as pd
 from ..costmodel.prediction import Prediction, Settings, memory_footprint, predict
 from ..errors import SpecError
 from ..specs import Hardware, ModelSpec, Workload
+from .simulate import POLICIES, RateSearch, max_sustainable_rate, steady_load_limit
 
 DEFAULT_SETTINGS = Settings()
 
-DEFAULT_BATCHES = tuple(2**i for i in range(10))  # 1 .. 512; the chip's largest batch is added
 
-ASSUMPTIONS = [
-    "Latency of a query = the predicted time of the whole batch it is served in (prefill of all passages "
-    "plus every decoding step). Time spent waiting for a batch to fill or for a busy chip is not counted: "
-    "no queueing delay beyond one batch. At batch b and load q spread over n chips, filling a batch takes "
-    "about b x n / q more seconds.",
-    "A chip serves one batch at a time, back to back; throughput per chip = batch / batch time.",
-    "Replicas are data-parallel: every chip holds a full copy of the model (weights once per chip). "
-    "A model that does not fit on one chip at batch 1 is infeasible on that chip: model and tensor "
-    "parallelism across chips are not modelled.",
-    "Chips = ceil(load / throughput per chip): the last chip may be partly idle, and its cost counts.",
-    "Cost per million queries = chips x price per chip-hour / (load x 3600 s) x 1e6; the price is the "
-    "user's, else the profile's list price with its source; without either, cost is NaN and plans are "
-    "ranked by chips.",
-    "Energy per query = TDP x batch time / batch: the chip at its rated (or, for TPU v4, its measured "
-    "maximum) power for the whole batch, host and network excluded; NaN when the profile lists no power.",
-    "Times are roofline predictions (see `fidoperf predict`), not measurements.",
-]
+@dataclass(frozen=True)
+class ServingPlan:
+    """How the load is served and how the rate search runs (every field is echoed in
+    the report)."""
+
+    percentile: float = 99.0  # the latency target applies to this percentile
+    policy: str = "continuous"  # static | continuous (fidoperf.whatif.simulate)
+    arrivals: str = "poisson"  # poisson | gamma | deterministic
+    cv: float = 2.0  # gamma arrivals: coefficient of variation of the gaps
+    max_batch: int = 128  # most requests per batch on a chip (memory may allow fewer)
+    max_wait_ms: float = 10.0  # static: dispatch a batch that is not full after this wait
+    requests: int = 4000  # simulated requests per rate tried
+    seed: int = 0
+    rel_tol: float = 0.01  # the search stops when the bracket is this close (relative)
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise SpecError("--policy", "", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        if not (isinstance(self.percentile, (int, float)) and 0 < self.percentile <= 100):
+            raise SpecError("--percentile", "", f"must be in (0, 100], got {self.percentile!r}")
+
+    def describe(self) -> str:
+        arr = {"poisson": "Poisson arrivals", "deterministic": "evenly spaced arrivals",
+               "gamma": f"bursty arrivals (gamma gaps, cv {self.cv:g})"}[self.arrivals]
+        pol = ("continuous batching (requests join and leave the decoding batch between steps, encodes "
+               "interleaved on the same chip)" if self.policy == "continuous" else
+               f"static batching (batches dispatched when full or after {self.max_wait_ms:g} ms)")
+        return f"{pol}, {arr}, at most {self.max_batch} requests per batch"
+
+
+def assumptions(sp: ServingPlan) -> list[str]:
+    return [
+        f"Latency of a query = from its arrival to its last output token, simulated request by request "
+        f"(`fidoperf simulate`): queueing, batch formation and memory limits included. Policy and arrivals "
+        f"assumed: {sp.describe()}. The target applies to the {sp.percentile:g}th percentile.",
+        f"Rate per chip = the highest arrival rate whose {sp.percentile:g}th percentile latency meets the target "
+        f"on one chip, searched by bisection in log(rate) ({sp.requests} simulated requests per rate, the first 10% "
+        f"left out, seed {sp.seed}, {100 * sp.rel_tol:g}% tolerance), at most "
+        f"{100 * steady_load_limit(sp.requests):.3g}% of the rate the chip serves with its queue never empty "
+        "(closer to it, a run of that length does not "
+        "reach a steady state).",
+        "The load is split evenly over the chips, each an independent copy with its own queue (random "
+        "routing); one shared queue over all chips would do somewhat better at the same rate.",
+        "Chips = ceil(load / rate per chip): the last chip may be partly idle, and its cost counts.",
+        "Replicas are data-parallel: every chip holds a full copy of the model (weights once per chip). "
+        "A model that does not fit on one chip at batch 1 is infeasible on that chip: model and tensor "
+        "parallelism across chips are not modelled.",
+        "Cost per million queries = chips x price per chip-hour / (load x 3600 s) x 1e6; the price is the "
+        "user's, else the profile's list price with its source; without either, cost is NaN and plans are "
+        "ranked by chips.",
+        "Energy per query = TDP x chips / load: a loaded fleet, every chip drawing its rated power (for TPU v4, "
+        "its measured maximum) all the time, busy or idle; host and network excluded. An upper bound for the "
+        "chips; NaN when the profile lists no power.",
+        "Service times are roofline predictions (see `fidoperf predict`) of each batch as composed, not "
+        "measurements.",
+    ]
+
+
+ASSUMPTIONS = assumptions(ServingPlan())
 
 
 @dataclass(frozen=True)
@@ -83,142 +129,139 @@ def power_source(hw: Hardware) -> str:
     return (s.source + (f" ({s.note})" if s.note else "")) if s else (hw.path or hw.name)
 
 
-def candidate_batches(max_batch: int, batches: Sequence[int] | None = None) -> list[int]:
-    """The batch sizes tried: ``batches`` as given, or powers of two 1..512 that fit
-    plus the largest batch that fits."""
-    if batches is not None:
-        bad = [b for b in batches if isinstance(b, bool) or not isinstance(b, (int, np.integer)) or b < 1]
-        if bad or not batches:
-            raise SpecError(
-                "--batches", "", f"batch sizes must be whole numbers of at least 1, got {list(batches)!r}"
-            )
-        return sorted({int(b) for b in batches})
-    out = {b for b in DEFAULT_BATCHES if b <= max_batch}
-    if max_batch >= 1:
-        out.add(int(max_batch))
-    return sorted(out)
 
-
-CANDIDATE_COLUMNS = [
+PLAN_COLUMNS = [
     "model",
     "hardware",
-    "batch",
+    "policy",
+    "arrivals",
     "fits",
+    "max_batch",
+    "batch",
     "batch_time_s",
+    "latency_s",
+    "latency_p50_s",
     "latency_ok",
     "throughput_per_chip_qps",
+    "capacity_per_chip_qps",
+    "utilisation",
     "chips",
     "peak_bytes",
     "memory_fraction",
     "energy_per_query_j",
+    "energy_per_million_j",
     "price_per_chip_hour_usd",
     "cost_per_million_usd",
     "feasible",
     "reason",
+    "floor_latency_s",
+]
+"""Columns of a plan row (:attr:`Plan.best`):
+
+- max_batch: the most requests a batch may hold on the chip (``--max-batch``, lowered
+  to what fits in memory);
+- batch: the mean decoding batch at the sustained rate (rounded), and batch_time_s,
+  peak_bytes, memory_fraction: ``predict`` of one batch of that size (for reference and
+  the figures; not the latency);
+- latency_s, latency_p50_s: the target percentile and the median latency at the
+  sustained rate; floor_latency_s: the target percentile of requests served alone;
+- throughput_per_chip_qps: the sustained rate per chip; capacity_per_chip_qps: the rate
+  a chip serves with its queue never empty."""
+
+CANDIDATE_COLUMNS = [
+    "model",
+    "hardware",
+    "rate_qps",
+    "latency_s",
+    "latency_p50_s",
+    "sustainable",
+    "feasible",
+    "mean_decode_batch",
+    "utilisation",
+    "chips",
+    "cost_per_million_usd",
 ]
 
 
-def evaluate_candidates(
+def _empty_row(model: ModelSpec, hw: Hardware, sp: ServingPlan, price: Price) -> dict[str, Any]:
+    row: dict[str, Any] = {c: np.nan for c in PLAN_COLUMNS}
+    row.update(model=model.name, hardware=hw.name, policy=sp.policy, arrivals=sp.arrivals, fits=False,
+               latency_ok=False, feasible=False, reason="", price_per_chip_hour_usd=price.usd_per_chip_hour)
+    return row
+
+
+def evaluate_pair(
     model: ModelSpec,
     hw: Hardware,
     workload: Workload,
     qps: float,
     latency_s: float,
     price: Price,
-    batches: Sequence[int] | None = None,
+    serving: ServingPlan = ServingPlan(),
     settings: Settings = DEFAULT_SETTINGS,
-) -> tuple[pd.DataFrame, dict[int, Prediction], int]:
-    """Every candidate batch of one (model, chip) pair; returns the table, the
-    predictions by batch (only for batches that fit) and the largest batch that fits."""
-    max_batch = memory_footprint(model, hw, workload.replace(batch=1))["max_batch"]
-    rows, preds = [], {}
-    for b in candidate_batches(max_batch, batches):
-        wl = workload.replace(batch=b)
-        row = {
-            "model": model.name,
-            "hardware": hw.name,
-            "batch": b,
-            "price_per_chip_hour_usd": price.usd_per_chip_hour,
-        }
-        if b > max_batch:
-            mem = memory_footprint(model, hw, wl)
-            reason = (
-                f"does not fit: needs {mem['peak_bytes'] / 1e9:.1f} GB of "
-                f"{hw.hbm_capacity_bytes / 1e9:.1f} GB"
-                if max_batch >= 1
-                else f"model does not fit on one chip at batch 1 ({mem['peak_bytes'] / 1e9:.1f} GB needed, "
-                f"{hw.hbm_capacity_bytes / 1e9:.1f} GB available)"
-            )
-            row.update(
-                fits=False,
-                batch_time_s=np.nan,
-                latency_ok=False,
-                throughput_per_chip_qps=np.nan,
-                chips=np.nan,
-                peak_bytes=mem["peak_bytes"],
-                memory_fraction=mem["peak_bytes"] / hw.hbm_capacity_bytes,
-                energy_per_query_j=np.nan,
-                cost_per_million_usd=np.nan,
-                feasible=False,
-                reason=reason,
-            )
-            rows.append(row)
-            continue
-        p = predict(model, hw, wl, settings)
-        preds[b] = p
-        t = p.totals["batch_time_s"]
-        thr = b / t
-        chips = int(math.ceil(qps / thr - 1e-9))
-        ok = t <= latency_s
-        row.update(
-            fits=True,
-            batch_time_s=t,
-            latency_ok=ok,
-            throughput_per_chip_qps=thr,
-            chips=chips,
-            peak_bytes=p.memory["peak_bytes"],
-            memory_fraction=p.memory["peak_bytes"] / hw.hbm_capacity_bytes,
-            energy_per_query_j=(hw.tdp_w * t / b) if hw.tdp_w is not None else np.nan,
-            cost_per_million_usd=chips * price.usd_per_chip_hour / (qps * 3600.0) * 1e6,
-            feasible=ok,
-            reason="" if ok else f"latency {t * 1e3:.4g} ms over the limit",
+) -> tuple[dict[str, Any], pd.DataFrame, Prediction | None, RateSearch | None]:
+    """One (model, chip) pair: the plan row, the rates tried (with the chips and cost
+    each would need), the prediction of a batch of the mean size at the sustained rate
+    (None if the model does not fit), and the rate search itself."""
+    row = _empty_row(model, hw, serving, price)
+    one = memory_footprint(model, hw, workload.replace(batch=1))
+    row.update(peak_bytes=one["peak_bytes"], memory_fraction=one["peak_bytes"] / hw.hbm_capacity_bytes)
+    if one["max_batch"] < 1:
+        row["reason"] = (
+            f"model does not fit on one chip at batch 1 ({one['peak_bytes'] / 1e9:.1f} GB needed, "
+            f"{hw.hbm_capacity_bytes / 1e9:.1f} GB available)"
         )
-        rows.append(row)
-    if not rows:  # the model does not fit at batch 1 and no batches were asked for
-        mem = memory_footprint(model, hw, workload.replace(batch=1))
-        rows.append(
-            {
-                "model": model.name,
-                "hardware": hw.name,
-                "batch": 1,
-                "fits": False,
-                "batch_time_s": np.nan,
-                "latency_ok": False,
-                "throughput_per_chip_qps": np.nan,
-                "chips": np.nan,
-                "peak_bytes": mem["peak_bytes"],
-                "memory_fraction": mem["peak_bytes"] / hw.hbm_capacity_bytes,
-                "energy_per_query_j": np.nan,
-                "price_per_chip_hour_usd": price.usd_per_chip_hour,
-                "cost_per_million_usd": np.nan,
-                "feasible": False,
-                "reason": (
-                    f"model does not fit on one chip at batch 1 ({mem['peak_bytes'] / 1e9:.1f} GB "
-                    f"needed, {hw.hbm_capacity_bytes / 1e9:.1f} GB available)"
-                ),
-            }
-        )
-    return pd.DataFrame(rows, columns=CANDIDATE_COLUMNS), preds, int(max_batch)
+        return row, pd.DataFrame(columns=CANDIDATE_COLUMNS), None, None
+    search = max_sustainable_rate(
+        model, hw, workload, target_s=latency_s, percentile=serving.percentile, policy=serving.policy,
+        arrivals=serving.arrivals, cv=serving.cv, requests=serving.requests, seed=serving.seed,
+        max_batch=serving.max_batch, max_wait_ms=serving.max_wait_ms, rel_tol=serving.rel_tol, settings=settings,
+    )
+    pts = search.points.copy()
+    with np.errstate(divide="ignore"):
+        pts["chips"] = np.where(pts["rate_qps"] > 0, np.ceil(qps / pts["rate_qps"] - 1e-9), np.nan)
+    pts["cost_per_million_usd"] = pts["chips"] * price.usd_per_chip_hour / (qps * 3600.0) * 1e6
+    pts.insert(0, "hardware", hw.name)
+    pts.insert(0, "model", model.name)
+    row.update(fits=True, max_batch=int(search.settings["batch_cap"]), floor_latency_s=search.floor_latency_s,
+               capacity_per_chip_qps=search.capacity_qps)
+    if search.rate_qps <= 0:
+        row["reason"] = f"latency target not met: {search.reason}"
+        return row, pts[CANDIDATE_COLUMNS], None, search
+    r = search.rate_qps
+    s = search.summary
+    batch = int(max(1, min(row["max_batch"], round(s["mean_decode_batch"]))))
+    pred = predict(model, hw, workload.replace(batch=batch), settings)
+    chips = int(math.ceil(qps / r - 1e-9))
+    energy = hw.tdp_w * chips / qps if hw.tdp_w is not None else np.nan
+    row.update(
+        batch=batch,
+        batch_time_s=pred.totals["batch_time_s"],
+        latency_s=search.latency_s,
+        latency_p50_s=s["latency_p50_s"],
+        latency_ok=True,
+        throughput_per_chip_qps=r,
+        utilisation=s["utilisation"],
+        chips=chips,
+        peak_bytes=pred.memory["peak_bytes"],
+        memory_fraction=pred.memory["peak_bytes"] / hw.hbm_capacity_bytes,
+        energy_per_query_j=energy,
+        energy_per_million_j=energy * 1e6,
+        cost_per_million_usd=chips * price.usd_per_chip_hour / (qps * 3600.0) * 1e6,
+        feasible=True,
+    )
+    return row, pts[CANDIDATE_COLUMNS], pred, search
 
 
 @dataclass
 class Plan:
     """The result of :func:`plan`.
 
-    ``best``: one row per (model, chip) pair, ranked (feasible first, then by cost per
-    million queries, pairs without a price after those with one, then by chips);
-    ``candidates``: every batch evaluated; ``predictions``: the prediction behind each
-    feasible pair's choice, keyed by (model, hardware).
+    ``best``: one row per (model, chip) pair (:data:`PLAN_COLUMNS` and ``rank``), ranked
+    (feasible first, then by cost per million queries, pairs without a price after those
+    with one, then by chips); ``candidates``: every rate tried by the searches;
+    ``predictions``: a batch of the mean size at the sustained rate of each feasible
+    pair, keyed by (model, hardware); ``searches``: the rate searches.
     """
 
     qps: float
@@ -232,9 +275,14 @@ class Plan:
     power_sources: dict[str, str]
     models: list[ModelSpec] = field(default_factory=list)
     hardware: list[Hardware] = field(default_factory=list)
-    batches: list[int] | None = None  # as asked for; None: the default space
+    serving: ServingPlan = field(default_factory=ServingPlan)
+    searches: dict[tuple[str, str], RateSearch] = field(default_factory=dict)
     assumptions: list[str] = field(default_factory=lambda: list(ASSUMPTIONS))
     notes: list[str] = field(default_factory=list)
+
+    @property
+    def percentile(self) -> float:
+        return self.serving.percentile
 
 
 def plan(
@@ -244,72 +292,52 @@ def plan(
     qps: float,
     latency_ms: float,
     price_per_chip_hour: float | None = None,
-    batches: Sequence[int] | None = None,
+    serving: ServingPlan = ServingPlan(),
     settings: Settings = DEFAULT_SETTINGS,
 ) -> Plan:
-    """The cheapest (chips, batch) for every (model, chip) pair that meets ``qps`` and
-    ``latency_ms``. Raises :class:`SpecError` when no pair can meet the latency limit,
-    naming the tightest latency any configuration achieves."""
+    """The cheapest number of chips for every (model, chip) pair that serves ``qps`` with
+    the ``serving.percentile``-th percentile latency within ``latency_ms``. Raises
+    :class:`SpecError` when no pair can meet the target, naming the tightest latency a
+    request served alone gets."""
     for name, v in (("--qps", qps), ("--latency-ms", latency_ms)):
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v <= 0:
             raise SpecError(name, "", f"must be a positive number, got {v!r}")
     if not models or not hardware_list:
         raise SpecError("plan", "", "needs at least one model and one hardware profile")
     latency_s = latency_ms / 1e3
-    tables, best_rows, chosen = [], [], {}
+    tables, best_rows, chosen, searches = [], [], {}, {}
     prices = {h.name: chip_price(h, price_per_chip_hour) for h in hardware_list}
     powers = {h.name: power_source(h) for h in hardware_list}
     for m in models:
         for h in hardware_list:
-            cand, preds, max_batch = evaluate_candidates(
-                m, h, workload, qps, latency_s, prices[h.name], batches, settings
-            )
+            row, cand, pred, search = evaluate_pair(m, h, workload, qps, latency_s, prices[h.name], serving,
+                                                    settings)
             tables.append(cand)
-            ok = cand[cand["feasible"]]
-            if len(ok):
-                pick = ok.sort_values(["chips", "batch_time_s", "batch"], kind="stable").iloc[0]
-                row = pick.to_dict()
-                chosen[(m.name, h.name)] = preds[int(pick["batch"])]
-            else:
-                fits = cand[cand["fits"]]
-                if len(fits):
-                    fastest = fits.sort_values("batch_time_s").iloc[0]
-                    why = (
-                        f"latency limit not met: the fastest batch ({int(fastest['batch'])}) takes "
-                        f"{fastest['batch_time_s'] * 1e3:.4g} ms"
-                    )
-                else:
-                    why = cand["reason"].iloc[0]
-                row = {c: np.nan for c in CANDIDATE_COLUMNS}
-                row.update(
-                    model=m.name,
-                    hardware=h.name,
-                    fits=bool(len(fits)),
-                    latency_ok=False,
-                    feasible=False,
-                    reason=why,
-                    price_per_chip_hour_usd=prices[h.name].usd_per_chip_hour,
-                )
-            row["max_batch"] = max_batch
             best_rows.append(row)
-    candidates = pd.concat(tables, ignore_index=True)
-    best = pd.DataFrame(best_rows)
+            if pred is not None:
+                chosen[(m.name, h.name)] = pred
+            if search is not None:
+                searches[(m.name, h.name)] = search
+    candidates = pd.concat([t for t in tables if len(t)] or [pd.DataFrame(columns=CANDIDATE_COLUMNS)],
+                           ignore_index=True)
+    best = pd.DataFrame(best_rows, columns=PLAN_COLUMNS)
     if not best["feasible"].any():
-        fit = candidates[candidates["fits"]]
+        fit = best[best["fits"]]
         if fit.empty:
             raise SpecError(
                 "plan", "", "no model fits on any of the chips at batch 1 (each chip holds a full copy)"
             )
-        t = fit.sort_values("batch_time_s").iloc[0]
+        t = fit.sort_values("floor_latency_s").iloc[0]
         raise SpecError(
             "--latency-ms",
             "",
-            f"no configuration meets {latency_ms:g} ms: the tightest latency achievable is "
-            f"{t['batch_time_s'] * 1e3:.4g} ms ({t['model']} on {t['hardware']} at batch {int(t['batch'])})",
+            f"no configuration meets {latency_ms:g} ms at the {serving.percentile:g}th percentile: the tightest "
+            f"latency achievable is {t['floor_latency_s'] * 1e3:.4g} ms ({t['model']} on {t['hardware']}, a "
+            "request served alone)",
         )
     best["_priced"] = best["cost_per_million_usd"].notna()
     best = best.sort_values(
-        ["feasible", "_priced", "cost_per_million_usd", "chips", "batch_time_s"],
+        ["feasible", "_priced", "cost_per_million_usd", "chips", "latency_s"],
         ascending=[False, False, True, True, True],
         kind="stable",
     ).drop(columns="_priced")
@@ -337,6 +365,8 @@ def plan(
         power_sources=powers,
         models=list(models),
         hardware=list(hardware_list),
-        batches=None if batches is None else sorted({int(b) for b in batches}),
+        serving=serving,
+        searches=searches,
+        assumptions=assumptions(serving),
         notes=notes,
     )

@@ -1,0 +1,833 @@
+"""Request-level serving simulation of a FiD model: queueing, batching policies,
+latency percentiles, and the highest rate that meets a latency target.
+
+Requests arrive (Poisson, gamma-distributed gaps for bursts, evenly spaced, or a
+trace), each with its own passages P, tokens per passage N and output length T, and
+are served by ``replicas`` chips, each holding a full copy of the model, from one
+first-come-first-served queue. The event engine is SimPy; every service time comes from
+:class:`fidoperf.whatif.service.ServiceModel`, i.e. from fidoperf's own prediction for
+the batch as composed at that moment.
+
+Policies:
+- ``static``: a free chip takes the oldest waiting requests, up to ``max_batch`` and as
+  many as fit in memory when padded to the batch's largest P, N and T, as soon as the
+  batch is full (``max_batch``, or the next request would not fit) or the oldest has
+  waited ``max_wait_s``. The batch is encoded, then decoded to its longest output; its
+  results return together when it ends (as ``generate`` returns them).
+- ``continuous``: iteration-level scheduling of the decoder. At every step boundary a
+  chip admits the oldest waiting requests that fit (memory and ``max_batch``), encodes
+  them in one call (passages padded to the longest N among them), and they join the
+  decoding batch; a request leaves after its own T steps and frees its memory. Decoding
+  is unpadded: each request attends over its own caches. Encoding runs on the same chip,
+  between decoding steps (separate encoder pools come with parallel layouts).
+  ``max_wait_s`` does not apply.
+
+Memory: a request holds its peak footprint (encoder activations, encoder output with
+its cross-attention K/V, or both K/V caches with the logits; the largest) from
+admission to completion, beside the weights: the batch never holds more than fits.
+
+Steps that change nothing are not simulated one by one: between an admission and the
+next completion or admissible arrival the decoding batch is fixed, so its steps are one
+SimPy timeout whose length is summed from prefix sums of the step-time tables. This
+gives the same times as stepping one by one.
+
+``--service-cv`` scales each encode call by an independent gamma factor of mean 1 and
+that coefficient of variation, and each decoding step likewise (a run of k steps by the
+sum of k such factors: gamma with CV cv/sqrt(k), exact when the steps are equally long).
+Run lengths are chosen from the predicted times, so with a spread an admission can land
+one step early or late.
+
+``sustainable``: the offered rate is below the chips' capacity, measured as the
+throughput of the same requests all queued at time 0 (the chips never idle). Above it
+the queue grows without bound, and latency statistics are withheld (None).
+
+Units: seconds, bytes, queries per second.
+"""
+
+from __future__ import annotations
+
+import csv
+import heapq
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import simpy
+
+from ..costmodel.prediction import Settings
+from ..errors import SpecError
+from ..specs import Hardware, ModelSpec, Workload
+from .service import ServiceModel
+
+POLICIES = ("static", "continuous")
+ARRIVALS = ("poisson", "gamma", "deterministic")
+SIZE_FIELDS = ("passages", "passage_len", "target_len")
+SIZE_DISTS = ("fixed", "uniform", "geometric")
+TRACE_COLUMNS = ("arrival_s", "passages", "passage_len", "target_len")
+
+SIZE_DIST_HELP = (
+    "fixed: every request has the given value; uniform: whole numbers uniform on 1 .. 2m-1 (mean m); "
+    "geometric: whole numbers 1, 2, ... with P(k) = p (1-p)^(k-1), p = 1/m (mean m, standard deviation "
+    "sqrt(m(m-1)), the length of an output that stops with probability 1/m after each token)."
+)
+
+RECORD_COLUMNS = [
+    "request", "arrival_s", "passages", "passage_len", "target_len", "replica", "batch", "start_s",
+    "first_token_s", "finish_s", "queue_s", "ttft_s", "latency_s", "tpot_s", "measured",
+]
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def _positive(name: str, v, integer: bool = False, zero: bool = False) -> None:
+    ok = not isinstance(v, bool) and isinstance(v, (int, np.integer) if integer else (int, float, np.number))
+    ok = ok and math.isfinite(v) and (v >= 0 if zero else v > 0)
+    if not ok:
+        what = "a whole number" if integer else "a number"
+        raise SpecError(name, "", f"must be {what} {'of at least 0' if zero else 'above 0'}, got {v!r}")
+
+
+@dataclass(frozen=True)
+class Serving:
+    """How the chips serve: the batching policy and its limits."""
+
+    policy: str = "continuous"  # static | continuous
+    max_batch: int = 128  # most requests in one batch (memory may allow fewer)
+    max_wait_s: float = 0.010  # static: dispatch a batch that is not full after its oldest waited this long
+    replicas: int = 1  # data-parallel copies, one chip each, sharing one queue
+    service_cv: float = 0.0  # coefficient of variation of each encode and decoding step (0: as predicted)
+
+    def __post_init__(self):
+        if self.policy not in POLICIES:
+            raise SpecError("--policy", "", f"must be one of {', '.join(POLICIES)}, got {self.policy!r}")
+        _positive("--max-batch", self.max_batch, integer=True)
+        _positive("--replicas", self.replicas, integer=True)
+        _positive("--max-wait-ms", self.max_wait_s, zero=True)
+        _positive("--service-cv", self.service_cv, zero=True)
+
+
+@dataclass(frozen=True)
+class Requests:
+    """The requests of one run, in arrival order (arrays of one entry per request)."""
+
+    arrival_s: np.ndarray
+    passages: np.ndarray
+    passage_len: np.ndarray
+    target_len: np.ndarray
+
+    def __len__(self) -> int:
+        return len(self.arrival_s)
+
+
+def unit_arrivals(kind: str, n: int, rng: np.random.Generator, cv: float = 1.0) -> np.ndarray:
+    """Arrival times of ``n`` requests at a mean rate of 1 per second, starting at the
+    first gap; divide by the rate for another rate (the same draws at every rate).
+
+    poisson: exponential gaps; gamma: gamma gaps of mean 1 and coefficient of variation
+    ``cv`` (cv > 1: bursts; cv = 1: Poisson); deterministic: gaps of exactly 1."""
+    if kind not in ARRIVALS:
+        raise SpecError("--arrivals", "", f"must be one of {', '.join(ARRIVALS)} (or give --trace), got {kind!r}")
+    if kind == "deterministic":
+        gaps = np.ones(n)
+    elif kind == "poisson":
+        gaps = rng.exponential(1.0, n)
+    else:
+        _positive("--cv", cv)
+        gaps = rng.gamma(1.0 / cv**2, cv**2, n)
+    return np.cumsum(gaps)
+
+
+def draw_sizes(workload: Workload, n: int, rng: np.random.Generator,
+               dists: Mapping[str, str] | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(passages, passage_len, target_len) of ``n`` requests: each field fixed at the
+    workload's value or drawn around it as its mean (see :data:`SIZE_DIST_HELP`)."""
+    dists = dict(dists or {})
+    for k, v in dists.items():
+        if k not in SIZE_FIELDS:
+            raise SpecError("--dist", "", f"unknown field {k!r} (known: {', '.join(SIZE_FIELDS)})")
+        if v not in SIZE_DISTS:
+            raise SpecError("--dist", k, f"unknown distribution {v!r} (known: {', '.join(SIZE_DISTS)})")
+    out = []
+    for name in SIZE_FIELDS:
+        m = getattr(workload, name)
+        kind = dists.get(name, "fixed")
+        if kind == "fixed" or m == 1:
+            out.append(np.full(n, m, dtype=np.int64))
+        elif kind == "uniform":
+            out.append(rng.integers(1, 2 * m, n, dtype=np.int64))
+        else:
+            out.append(rng.geometric(1.0 / m, n).astype(np.int64))
+    return out[0], out[1], out[2]
+
+
+def read_trace(path: str | Path, limit: int | None = None) -> Requests:
+    """A trace CSV: a header with exactly the columns ``arrival_s, passages,
+    passage_len, target_len`` (any order), one request a row; arrival_s in seconds,
+    not decreasing; the others whole numbers of at least 1. Errors name the file, the
+    line and the column."""
+    # TODO(merge): switch to fidoperf.specs.tables.read_table when the loaders branch lands.
+    path = Path(path)
+    where = str(path)
+    try:
+        fh = open(path, newline="", encoding="utf-8")  # noqa: SIM115
+    except OSError as err:
+        raise SpecError(where, "", f"cannot read the trace: {err.strerror}") from None
+    cols: dict[str, list] = {c: [] for c in TRACE_COLUMNS}
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = next(reader)
+        except StopIteration:
+            raise SpecError(where, "", f"empty file: expected a header {', '.join(TRACE_COLUMNS)}") from None
+        except (csv.Error, UnicodeDecodeError) as err:
+            raise SpecError(where, "line 1", f"not a CSV file: {err}") from None
+        header = [h.strip() for h in header]
+        unknown = [h for h in header if h not in TRACE_COLUMNS]
+        missing = [c for c in TRACE_COLUMNS if c not in header]
+        if unknown or missing or len(set(header)) != len(header):
+            problem = "; ".join(p for p in (
+                f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "",
+                f"missing column(s) {', '.join(missing)}" if missing else "",
+                "repeated column" if len(set(header)) != len(header) else "") if p)
+            raise SpecError(where, "header", f"{problem} (expected {', '.join(TRACE_COLUMNS)})")
+        index = {c: header.index(c) for c in TRACE_COLUMNS}
+        last = -math.inf
+        try:
+            for row in reader:
+                line = reader.line_num
+                if not row or all(not x.strip() for x in row):
+                    continue
+                if limit is not None and len(cols["arrival_s"]) >= limit:
+                    break
+                if len(row) != len(header):
+                    raise SpecError(where, f"line {line}", f"expected {len(header)} fields, got {len(row)}")
+                for c in TRACE_COLUMNS:
+                    text = row[index[c]].strip()
+                    try:
+                        v = float(text)
+                    except ValueError:
+                        raise SpecError(where, f"line {line}, column {c}", f"not a number: {text!r}") from None
+                    if c == "arrival_s":
+                        if not math.isfinite(v) or v < 0:
+                            raise SpecError(where, f"line {line}, column {c}",
+                                            f"must be a time in seconds of at least 0, got {text!r}")
+                        if v < last:
+                            raise SpecError(where, f"line {line}, column {c}",
+                                            f"arrivals must not go back in time ({v:g} after {last:g})")
+                        last = v
+                    elif not math.isfinite(v) or v != int(v) or v < 1:
+                        raise SpecError(where, f"line {line}, column {c}",
+                                        f"must be a whole number of at least 1, got {text!r}")
+                    cols[c].append(v)
+        except csv.Error as err:
+            raise SpecError(where, f"line {reader.line_num}", f"malformed CSV: {err}") from None
+        except UnicodeDecodeError:
+            raise SpecError(where, "", "not a UTF-8 text file") from None
+    if not cols["arrival_s"]:
+        raise SpecError(where, "", "the trace has a header but no requests")
+    return Requests(np.asarray(cols["arrival_s"], dtype=float), *(np.asarray(cols[c], dtype=np.int64)
+                                                                   for c in SIZE_FIELDS))
+
+
+# --------------------------------------------------------------------------- the engine
+
+
+class _Engine:
+    """One run of the discrete-event simulation (SimPy). The waiting queue is FIFO, so
+    it is the range of requests [head, arrived): nothing but two counters."""
+
+    def __init__(self, svc: ServiceModel, reqs: Requests, serving: Serving, rng: np.random.Generator):
+        self.svc, self.serving, self.rng = svc, serving, rng
+        self.env = simpy.Environment()
+        n = self.n = len(reqs)
+        self.arrival = reqs.arrival_s.tolist()
+        self.P, self.N, self.T = reqs.passages.tolist(), reqs.passage_len.tolist(), reqs.target_len.tolist()
+        self.bytes = svc.requests_bytes(reqs.passages, reqs.passage_len, reqs.target_len)
+        self.max_batch = min(serving.max_batch, svc.max_batch)
+        self.free = svc.free_bytes
+        self.cv = serving.service_cv
+        self.head = 0  # oldest request not yet taken by a chip
+        self.arrived = 0  # requests that have arrived
+        self.in_system = 0
+        self.wake = self.env.event()
+        nan = math.nan
+        self.start, self.first, self.finish = [nan] * n, [nan] * n, [nan] * n
+        self.replica, self.batch = [-1] * n, [0] * n
+        self.q_time, self.q_wait, self.q_sys = [0.0], [0], [0]
+        self.busy_s = 0.0
+        self.decode_s = 0.0
+        self.decode_batch_s = 0.0  # sum of batch x duration over decoding
+        # static: the batch forming at the head of the queue
+        self._form = (0, 0, 0, 0, False)  # (count, P max, N max, T max, full)
+
+    # ----------------------------------------------------------------- shared
+
+    def run(self) -> _Engine:
+        env = self.env
+        env.process(self._arrivals())
+        server = self._static if self.serving.policy == "static" else self._continuous
+        for r in range(self.serving.replicas):
+            env.process(server(r))
+        env.run()
+        return self
+
+    def _log(self) -> None:
+        self.q_time.append(self.env.now)
+        self.q_wait.append(self.arrived - self.head)
+        self.q_sys.append(self.in_system)
+
+    def _arrivals(self):
+        env, arr = self.env, self.arrival
+        for i in range(self.n):
+            dt = arr[i] - env.now
+            if dt > 0:
+                yield env.timeout(dt)
+            self.arrived = i + 1
+            self.in_system += 1
+            self._log()
+            if not self.wake.triggered:
+                self.wake.succeed()
+
+    def _wait_arrival(self):
+        if self.wake.triggered:
+            self.wake = self.env.event()
+        return self.wake
+
+    def _settle(self):
+        """Let arrivals due at this very instant join the queue before deciding."""
+        if self.arrived < self.n and self.arrival[self.arrived] <= self.env.now:
+            yield self.env.timeout(0)
+
+    def _noise(self, steps: int = 1) -> float:
+        if not self.cv:
+            return 1.0
+        shape = steps / self.cv**2
+        return float(self.rng.gamma(shape, 1.0 / shape))
+
+    # ----------------------------------------------------------------- static
+
+    def _form_batch(self):
+        """Extend the forming batch over newly arrived requests; returns its state."""
+        k, Pm, Nm, Tm, full = self._form
+        svc, P, N, T = self.svc, self.P, self.N, self.T
+        while not full and self.head + k < self.arrived:
+            if k == self.max_batch:
+                full = True
+                break
+            i = self.head + k
+            p, n_, t = max(Pm, P[i]), max(Nm, N[i]), max(Tm, T[i])
+            if (k + 1) * svc.request_bytes(p, n_, t) > self.free:
+                full = True
+                break
+            k, Pm, Nm, Tm = k + 1, p, n_, t
+        full = full or k == self.max_batch
+        self._form = (k, Pm, Nm, Tm, full)
+        return self._form
+
+    def _static(self, r: int):
+        env, svc = self.env, self.svc
+        max_wait = self.serving.max_wait_s
+        while True:
+            if self.head == self.arrived:
+                yield self._wait_arrival()
+                continue
+            yield from self._settle()
+            k, Pm, Nm, Tm, full = self._form_batch()
+            if k == 0:  # another chip took them meanwhile
+                continue
+            deadline = self.arrival[self.head] + max_wait
+            if not full and env.now < deadline:
+                yield env.any_of([env.timeout(deadline - env.now), self._wait_arrival()])
+                continue
+            first_id = self.head
+            self.head += k
+            self._form = (0, 0, 0, 0, False)
+            self._log()
+            enc = svc.encode_time_s(k, Pm, Nm) * self._noise()
+            g = self._noise(Tm)
+            step1 = svc.decode_run_time_s(k, Pm * Nm, 1.0, 1) * g
+            dec = svc.decode_run_time_s(k, Pm * Nm, 1.0, Tm) * g
+            now = env.now
+            for i in range(first_id, first_id + k):
+                self.start[i] = now
+                self.first[i] = now + enc + step1
+                self.replica[i] = r
+                self.batch[i] = k
+            yield env.timeout(enc + dec)
+            for i in range(first_id, first_id + k):
+                self.finish[i] = env.now
+            self.busy_s += enc + dec
+            self.decode_s += dec
+            self.decode_batch_s += k * dec
+            self.in_system -= k
+            self._log()
+
+    # ----------------------------------------------------------------- continuous
+
+    def _continuous(self, r: int):
+        env, svc = self.env, self.svc
+        P, N, T, need, arrival = self.P, self.N, self.T, self.bytes, self.arrival
+        max_batch, free = self.max_batch, self.free
+        running: list[tuple[int, int]] = []  # heap of (replica step at which it finishes, request)
+        steps = 0  # decoding steps this chip has run
+        started = 0  # sum over running requests of the step at which each joined
+        x_sum = 0  # cross-attention tokens of the running requests
+        held = 0  # bytes the running requests hold
+        fresh: list[int] = []  # joined, first token not yet produced
+        while True:
+            yield from self._settle()
+            b = len(running)
+            # admit the oldest waiting requests that fit, and encode them in one call
+            k, p_sum, n_max = 0, 0, 0
+            while self.head + k < self.arrived and b + k < max_batch and held + need[self.head + k] <= free:
+                i = self.head + k
+                held += need[i]
+                p_sum += P[i]
+                n_max = max(n_max, N[i])
+                k += 1
+            if k:
+                first_id = self.head
+                self.head += k
+                self._log()
+                now = env.now
+                for i in range(first_id, first_id + k):
+                    self.start[i], self.replica[i], self.batch[i] = now, r, k
+                enc = svc.encode_passages_time_s(p_sum, n_max) * self._noise()
+                yield env.timeout(enc)
+                self.busy_s += enc
+                for i in range(first_id, first_id + k):
+                    heapq.heappush(running, (steps + T[i], i))
+                    started += steps
+                    x_sum += P[i] * N[i]
+                    fresh.append(i)
+                b += k
+            if not b:
+                yield self._wait_arrival()
+                continue
+            # decode until something can change: a completion, or an admissible arrival
+            t_mean = steps - started / b + 1.0  # mean cache length at the first step
+            x_mean = x_sum / b
+            k_steps = running[0][0] - steps
+            if b < max_batch:
+                nxt = self.head
+                if nxt < self.arrived and held + need[nxt] <= free:
+                    k_steps = 1  # arrived during the encode: admit at the next boundary
+                elif nxt == self.arrived < self.n and held + need[nxt] <= free:
+                    k_steps = svc.steps_until(b, x_mean, t_mean, k_steps, arrival[nxt] - env.now)
+            g = self._noise(k_steps)
+            dur = svc.decode_run_time_s(b, x_mean, t_mean, k_steps) * g
+            now = env.now
+            if fresh:
+                t1 = now + svc.decode_run_time_s(b, x_mean, t_mean, 1) * g
+                for i in fresh:
+                    self.first[i] = t1
+                fresh.clear()
+            yield env.timeout(dur)
+            self.busy_s += dur
+            self.decode_s += dur
+            self.decode_batch_s += b * dur
+            steps += k_steps
+            done = 0
+            while running and running[0][0] <= steps:
+                end, i = heapq.heappop(running)
+                self.finish[i] = env.now
+                started -= end - T[i]
+                x_sum -= P[i] * N[i]
+                held -= need[i]
+                done += 1
+            if done:
+                self.in_system -= done
+                self._log()
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class SimulationResult:
+    """One simulated run: per-request records, the queue over time, the summary, and
+    every input (``settings``)."""
+
+    records: pd.DataFrame  # one row per request (RECORD_COLUMNS)
+    queue: pd.DataFrame  # time_s, waiting (not yet on a chip), in_system (waiting or being served)
+    summary: dict[str, Any]
+    settings: dict[str, Any]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"summary": self.summary, "settings": self.settings}
+
+
+LATENCY_KEYS = (
+    "latency_mean_s", "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_max_s", "ttft_mean_s",
+    "ttft_p50_s", "ttft_p90_s", "ttft_p99_s", "tpot_mean_s", "tpot_p50_s", "queue_mean_s", "queue_p99_s",
+    "latency_percentile_s",
+)
+
+
+def _records(eng: _Engine, reqs: Requests, warmup: float) -> pd.DataFrame:
+    n = len(reqs)
+    arr = reqs.arrival_s
+    finish, first, start = np.asarray(eng.finish), np.asarray(eng.first), np.asarray(eng.start)
+    T = reqs.target_len
+    with np.errstate(invalid="ignore", divide="ignore"):
+        tpot = np.where(T > 1, (finish - first) / np.maximum(T - 1, 1), np.nan)
+    return pd.DataFrame({
+        "request": np.arange(n), "arrival_s": arr, "passages": reqs.passages, "passage_len": reqs.passage_len,
+        "target_len": T, "replica": eng.replica, "batch": eng.batch, "start_s": start, "first_token_s": first,
+        "finish_s": finish, "queue_s": start - arr, "ttft_s": first - arr, "latency_s": finish - arr,
+        "tpot_s": tpot, "measured": np.arange(n) >= int(math.floor(warmup * n)),
+    }, columns=RECORD_COLUMNS)
+
+
+def _summary(eng: _Engine, rec: pd.DataFrame, offered_qps: float, capacity_qps: float,
+             target_s: float | None, percentile: float) -> dict[str, Any]:
+    m = rec[rec["measured"]]
+    span = float(rec["finish_s"].max() - rec["arrival_s"].min()) if len(rec) else 0.0
+    sustainable = bool(offered_qps < capacity_qps) if math.isfinite(offered_qps) else False
+    lat = m["latency_s"].to_numpy()
+    s: dict[str, Any] = {
+        "requests": int(len(rec)),
+        "measured_requests": int(len(m)),
+        "offered_qps": offered_qps,
+        "capacity_qps": capacity_qps,
+        "load": offered_qps / capacity_qps if capacity_qps > 0 else math.inf,
+        "sustainable": sustainable,
+        "steady_state": bool(sustainable and offered_qps <= steady_load_limit(len(rec)) * capacity_qps),
+        "throughput_qps": len(rec) / span if span > 0 else math.nan,
+        "utilisation": eng.busy_s / (eng.serving.replicas * span) if span > 0 else math.nan,
+        "mean_decode_batch": eng.decode_batch_s / eng.decode_s if eng.decode_s > 0 else math.nan,
+        "max_waiting": int(max(eng.q_wait)),
+        "makespan_s": span,
+        "percentile": percentile,
+        "latency_target_s": target_s,
+    }
+    stats = {
+        "latency_mean_s": float(lat.mean()),
+        "latency_p50_s": float(np.percentile(lat, 50)),
+        "latency_p90_s": float(np.percentile(lat, 90)),
+        "latency_p99_s": float(np.percentile(lat, 99)),
+        "latency_max_s": float(lat.max()),
+        "ttft_mean_s": float(m["ttft_s"].mean()),
+        "ttft_p50_s": float(np.percentile(m["ttft_s"], 50)),
+        "ttft_p90_s": float(np.percentile(m["ttft_s"], 90)),
+        "ttft_p99_s": float(np.percentile(m["ttft_s"], 99)),
+        "tpot_mean_s": float(np.nanmean(m["tpot_s"])) if m["tpot_s"].notna().any() else math.nan,
+        "tpot_p50_s": float(np.nanpercentile(m["tpot_s"], 50)) if m["tpot_s"].notna().any() else math.nan,
+        "queue_mean_s": float(m["queue_s"].mean()),
+        "queue_p99_s": float(np.percentile(m["queue_s"], 99)),
+        "latency_percentile_s": float(np.percentile(lat, percentile)),
+    }
+    if not sustainable:
+        stats = dict.fromkeys(stats)
+    s.update(stats)
+    if target_s is not None:
+        good = int((m["latency_s"] <= target_s).sum())
+        s["fraction_within_target"] = good / len(m) if len(m) else math.nan
+        s["goodput_qps"] = s["throughput_qps"] * s["fraction_within_target"]
+        s["meets_target"] = bool(sustainable and stats["latency_percentile_s"] <= target_s)
+    return s
+
+
+def steady_load_limit(requests: int) -> float:
+    """The highest fraction of capacity at which a run of ``requests`` requests says
+    something about the steady state: near saturation a queue relaxes over about
+    (1 - load)^-2 services (heavy traffic), which must stay well below the run length;
+    1 - 3 / sqrt(requests), at most 0.999 (0.95 for 4000 requests)."""
+    return min(0.999, 1.0 - 3.0 / math.sqrt(max(requests, 10)))
+
+
+# --------------------------------------------------------------------------- prepared runs
+
+
+@dataclass
+class Prepared:
+    """Everything of a run that does not depend on the arrival rate: request sizes,
+    arrival times at rate 1 (or the trace's own), the service model, the capacity."""
+
+    model: ModelSpec
+    hardware: Hardware
+    workload: Workload
+    settings: Settings
+    serving: Serving
+    seed: int
+    unit_arrival_s: np.ndarray
+    sizes: tuple[np.ndarray, np.ndarray, np.ndarray]
+    service: ServiceModel
+    own_arrival_s: np.ndarray | None = None  # the trace's arrivals (None: unit_arrival_s)
+    capacity_qps: float = math.nan
+    trace: bool = False
+
+    def __post_init__(self):
+        if self.own_arrival_s is None:
+            self.own_arrival_s = self.unit_arrival_s
+
+    def requests(self, rate: float | None) -> Requests:
+        """The requests at ``rate`` queries/s (the same draws, time scaled); None: as
+        drawn or as the trace has them."""
+        if rate is None:
+            return Requests(self.own_arrival_s, *self.sizes)
+        return Requests(self.unit_arrival_s / rate, *self.sizes)
+
+    @property
+    def own_rate_qps(self) -> float:
+        return _trace_rate(self.own_arrival_s)
+
+    def run(self, rate: float | None, warmup: float = 0.1, target_s: float | None = None,
+            percentile: float = 99.0, stream: int = 2) -> tuple[_Engine, pd.DataFrame, dict[str, Any]]:
+        reqs = self.requests(rate)
+        rng = np.random.default_rng([self.seed, stream])
+        eng = _Engine(self.service, reqs, self.serving, rng).run()
+        rec = _records(eng, reqs, warmup)
+        offered = rate if rate is not None else self.own_rate_qps
+        return eng, rec, _summary(eng, rec, offered, self.capacity_qps, target_s, percentile)
+
+    def lone_latencies_s(self) -> np.ndarray:
+        """Each request's latency when it meets an idle chip (the vanishing-load limit),
+        the batching wait of the static policy included."""
+        svc = self.service
+        t = np.array([svc.lone_time_s(p, n, t) for p, n, t in zip(*self.sizes)])
+        return t + (self.serving.max_wait_s if self.serving.policy == "static" else 0.0)
+
+
+def _trace_rate(arr: np.ndarray) -> float:
+    return (len(arr) - 1) / (arr[-1] - arr[0]) if len(arr) > 1 and arr[-1] > arr[0] else (
+        0.0 if len(arr) <= 1 else math.inf)
+
+
+def measure_capacity(prep: Prepared) -> float:
+    """Requests per second the chips complete with the queue never empty: the same
+    request sizes (cycled to enough requests to fill the chips many times over) all
+    queued at time 0; completions between the 10th and 90th percentile."""
+    n_sat = max(2000, 20 * prep.service.max_batch * prep.serving.replicas)
+    sizes = tuple(np.resize(s, n_sat) for s in prep.sizes)
+    reqs = Requests(np.zeros(n_sat), *sizes)
+    eng = _Engine(prep.service, reqs, prep.serving, np.random.default_rng([prep.seed, 3])).run()
+    done = np.sort(np.asarray(eng.finish))
+    t10, t90 = done[int(0.1 * n_sat)], done[int(0.9 * n_sat)]
+    if t90 > t10:  # requests completed in (t10, t90]: exact when they complete in batches
+        between = np.searchsorted(done, t90, side="right") - np.searchsorted(done, t10, side="right")
+        return float(between) / float(t90 - t10)
+    return n_sat / float(done[-1])
+
+
+def prepare(model: ModelSpec, hardware: Hardware, workload: Workload = Workload(), *,
+            arrivals: str = "poisson", cv: float = 1.0, trace: str | Path | None = None,
+            requests: int | None = 10_000, seed: int = 0, serving: Serving = Serving(),
+            dists: Mapping[str, str] | None = None, settings: Settings = Settings()) -> Prepared:
+    """Draw the requests (seeded), build the service model, measure the capacity."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise SpecError("--seed", "", f"must be a whole number of at least 0, got {seed!r}")
+    if requests is not None:
+        _positive("--requests", requests, integer=True)
+    own = None
+    if trace is not None:
+        tr = read_trace(trace, limit=requests)
+        own, sizes = tr.arrival_s, (tr.passages, tr.passage_len, tr.target_len)
+        rate = _trace_rate(own)
+        arr = own * rate if 0 < rate < math.inf else own  # rate 1, for load curves
+    else:
+        n = 10_000 if requests is None else int(requests)
+        arr = unit_arrivals(arrivals, n, np.random.default_rng([seed, 0]), cv)
+        sizes = draw_sizes(workload, n, np.random.default_rng([seed, 1]), dists)
+    svc = ServiceModel.build(model, hardware, workload, settings, passages=sizes[0], passage_len=sizes[1],
+                             target_len=sizes[2], max_batch=serving.max_batch, pad=serving.policy == "static")
+    prep = Prepared(model, hardware, workload, settings, serving, int(seed), arr, sizes, svc, own,
+                    trace=trace is not None)
+    prep.capacity_qps = measure_capacity(prep)
+    return prep
+
+
+def _settings_dict(prep: Prepared, *, qps, arrivals, cv, trace, requests, dists, warmup, target_s,
+                   percentile) -> dict[str, Any]:
+    wl, s = prep.workload, prep.serving
+    return {
+        "model": prep.model.name,
+        "hardware": prep.hardware.name,
+        "arrivals": "trace" if trace is not None else arrivals,
+        "qps": qps,
+        "cv": cv if arrivals == "gamma" and trace is None else None,
+        "trace": None if trace is None else str(trace),
+        "requests": int(len(prep.unit_arrival_s)),
+        "requests_asked": requests,
+        "seed": prep.seed,
+        "policy": s.policy,
+        "max_batch": s.max_batch,
+        "batch_cap": min(s.max_batch, prep.service.max_batch),
+        "max_wait_s": s.max_wait_s,
+        "replicas": s.replicas,
+        "service_cv": s.service_cv,
+        "passages": wl.passages,
+        "passage_len": wl.passage_len,
+        "target_len": wl.target_len,
+        "size_dists": {f: dict(dists or {}).get(f, "fixed") for f in SIZE_FIELDS},
+        "weight_dtype": wl.weight_dtype,
+        "act_dtype": wl.act_dtype,
+        "kv_dtype": wl.kv_dtype,
+        "compute_dtype": wl.compute_dtype,
+        "overlap": prep.settings.overlap,
+        "efficiency": prep.settings.efficiency,
+        "warmup": warmup,
+        "latency_target_s": target_s,
+        "percentile": percentile,
+        "free_bytes": prep.service.free_bytes,
+        "weight_bytes": prep.service.weight_bytes,
+    }
+
+
+def simulate(model: ModelSpec, hardware: Hardware, workload: Workload = Workload(), *,
+             qps: float | None = None, arrivals: str = "poisson", cv: float = 1.0,
+             trace: str | Path | None = None, requests: int | None = None, seed: int = 0,
+             policy: str = "continuous", max_batch: int = 128, max_wait_ms: float = 10.0, replicas: int = 1,
+             service_cv: float = 0.0, dists: Mapping[str, str] | None = None, warmup: float = 0.1,
+             latency_target_s: float | None = None, percentile: float = 99.0,
+             settings: Settings = Settings()) -> SimulationResult:
+    """Simulate serving ``model`` on ``replicas`` copies of ``hardware``.
+
+    Requests come at ``qps`` (``arrivals``: poisson, gamma with coefficient of variation
+    ``cv``, or deterministic) or from ``trace`` (a CSV, see :func:`read_trace`);
+    ``requests`` of them (None: 10000, or the whole trace; a trace keeps its first rows); their sizes are the workload's
+    passages, passage_len and target_len, or drawn around them (``dists``: field ->
+    fixed|uniform|geometric). Statistics skip the first ``warmup`` fraction of requests
+    (by arrival). With ``latency_target_s``, the summary adds goodput and whether the
+    ``percentile``-th percentile meets it.
+    """
+    _positive("--percentile", percentile)
+    if percentile > 100:
+        raise SpecError("--percentile", "", f"must be at most 100, got {percentile!r}")
+    if not (isinstance(warmup, (int, float)) and 0 <= warmup < 1):
+        raise SpecError("--warmup", "", f"must be a fraction in [0, 1), got {warmup!r}")
+    if latency_target_s is not None:
+        _positive("--latency-ms", latency_target_s)
+    if trace is None:
+        if qps is None:
+            raise SpecError("--qps", "", "give an arrival rate (or --trace FILE)")
+        _positive("--qps", qps)
+    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv)
+    prep = prepare(model, hardware, workload, arrivals=arrivals, cv=cv, trace=trace, requests=requests, seed=seed,
+                   serving=serving, dists=dists, settings=settings)
+    eng, rec, summary = prep.run(None if trace is not None else float(qps), warmup, latency_target_s, percentile)
+    queue = pd.DataFrame({"time_s": eng.q_time, "waiting": eng.q_wait, "in_system": eng.q_sys})
+    st = _settings_dict(prep, qps=qps if trace is None else None, arrivals=arrivals, cv=cv, trace=trace,
+                        requests=requests, dists=dists, warmup=warmup, target_s=latency_target_s,
+                        percentile=percentile)
+    return SimulationResult(rec, queue, summary, st)
+
+
+# --------------------------------------------------------------------------- load curves
+
+
+LOAD_FRACTIONS = (0.05, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95)
+
+
+def load_curve(prep: Prepared, fractions: Sequence[float] = LOAD_FRACTIONS, warmup: float = 0.1,
+               percentile: float = 99.0) -> pd.DataFrame:
+    """Latency statistics against offered load: one run per fraction of the capacity,
+    with the same draws (time scaled). Columns: offered_qps, load, latency_p50_s,
+    latency_p90_s, latency_p99_s, latency_percentile_s, ttft_p50_s, sustainable,
+    mean_decode_batch, utilisation."""
+    rows = []
+    for f in fractions:
+        rate = f * prep.capacity_qps
+        _, _, s = prep.run(rate, warmup, None, percentile)
+        rows.append({"offered_qps": rate, "load": f, **{k: s[k] for k in (
+            "latency_p50_s", "latency_p90_s", "latency_p99_s", "latency_percentile_s", "ttft_p50_s",
+            "sustainable", "mean_decode_batch", "utilisation")}})
+    return pd.DataFrame(rows).astype({k: float for k in ("latency_p50_s", "latency_p90_s", "latency_p99_s",
+                                                          "latency_percentile_s", "ttft_p50_s")})
+
+
+# --------------------------------------------------------------------------- rate search
+
+
+@dataclass
+class RateSearch:
+    """The highest arrival rate whose ``percentile``-th percentile latency meets the
+    target, with the points evaluated on the way."""
+
+    rate_qps: float  # 0 when no rate meets the target
+    latency_s: float  # the percentile latency at that rate (NaN if none)
+    capacity_qps: float
+    floor_latency_s: float  # the percentile latency of requests served alone (no rate does better)
+    percentile: float
+    target_s: float
+    points: pd.DataFrame  # rate_qps, latency_s, latency_p50_s, sustainable, feasible, mean_decode_batch, utilisation
+    summary: dict[str, Any] = field(default_factory=dict)  # of the run at rate_qps
+    reason: str = ""
+    settings: dict[str, Any] = field(default_factory=dict)
+
+
+def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workload = Workload(), *,
+                         target_s: float, percentile: float = 99.0, policy: str = "continuous",
+                         arrivals: str = "poisson", cv: float = 1.0, requests: int = 4000, seed: int = 0,
+                         max_batch: int = 128, max_wait_ms: float = 10.0, replicas: int = 1,
+                         service_cv: float = 0.0, dists: Mapping[str, str] | None = None, warmup: float = 0.1,
+                         rel_tol: float = 0.01, settings: Settings = Settings()) -> RateSearch:
+    """Search the arrival rate, bisecting in log(rate) with the same seed at every rate
+    (the same draws, scaled), for the highest rate at which the load is sustainable and
+    the ``percentile``-th percentile latency is at most ``target_s``.
+
+    The rate is bracketed first on 9 log-spaced points from 1e-3 of the measured
+    capacity to :func:`steady_load_limit` of it, from the top down (latency need not fall monotonically with the
+    rate: a static batch fills faster at higher rates), then bisected between the
+    highest feasible point and the one above until they are within ``rel_tol``."""
+    _positive("--latency-ms", target_s)
+    _positive("--percentile", percentile)
+    if percentile > 100:
+        raise SpecError("--percentile", "", f"must be at most 100, got {percentile!r}")
+    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv)
+    prep = prepare(model, hardware, workload, arrivals=arrivals, cv=cv, requests=requests, seed=seed,
+                   serving=serving, dists=dists, settings=settings)
+    cap = prep.capacity_qps
+    floor = float(np.percentile(prep.lone_latencies_s(), percentile))
+    st = _settings_dict(prep, qps=None, arrivals=arrivals, cv=cv, trace=None, requests=requests, dists=dists,
+                        warmup=warmup, target_s=target_s, percentile=percentile)
+    st["rel_tol"] = rel_tol
+    rows: list[dict[str, Any]] = []
+    cache: dict[float, dict[str, Any]] = {}
+
+    def evaluate(rate: float) -> dict[str, Any]:
+        if rate not in cache:
+            _, _, s = prep.run(rate, warmup, target_s, percentile)
+            cache[rate] = s
+            rows.append({
+                "rate_qps": rate, "latency_s": s["latency_percentile_s"], "latency_p50_s": s["latency_p50_s"],
+                "sustainable": s["sustainable"], "feasible": s["meets_target"],
+                "mean_decode_batch": s["mean_decode_batch"], "utilisation": s["utilisation"],
+            })
+        return cache[rate]
+
+    def done(rate, summary, reason=""):
+        pts = pd.DataFrame(rows, columns=["rate_qps", "latency_s", "latency_p50_s", "sustainable", "feasible",
+                                          "mean_decode_batch", "utilisation"]).sort_values("rate_qps")
+        lat = summary["latency_percentile_s"] if summary else math.nan
+        return RateSearch(rate, math.nan if lat is None else lat, cap, floor, percentile, target_s,
+                          pts.reset_index(drop=True), summary or {}, reason, st)
+
+    if floor > target_s:
+        return done(0.0, None, f"even a request served alone takes {floor * 1e3:.4g} ms at the {percentile:g}th "
+                               f"percentile, over the {target_s * 1e3:.4g} ms target")
+    top = steady_load_limit(len(prep.unit_arrival_s))
+    grid = cap * np.geomspace(1e-3, top, 9)
+    lo = hi = None
+    for k in range(len(grid) - 1, -1, -1):
+        if evaluate(float(grid[k]))["meets_target"]:
+            lo = float(grid[k])
+            hi = float(grid[k + 1]) if k + 1 < len(grid) else None
+            break
+    if lo is None:
+        return done(0.0, None, f"no rate from {grid[0]:.3g} to {grid[-1]:.3g} queries/s meets the target")
+    if hi is None:
+        return done(lo, cache[lo], f"the target holds up to {100 * top:.3g}% of capacity, the highest load a run of "
+                                   f"{len(prep.unit_arrival_s)} requests represents (more requests reach closer)")
+    while hi / lo > 1.0 + rel_tol:
+        mid = math.sqrt(lo * hi)
+        if evaluate(mid)["meets_target"]:
+            lo = mid
+        else:
+            hi = mid
+    return done(lo, cache[lo])
