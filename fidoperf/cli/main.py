@@ -11,7 +11,7 @@ import click
 from .bench import bench, calibrate, validate
 from .op import op
 from .options import InputError
-from .plots import breakdown, plan, quality, roofline
+from .plots import breakdown, plan, quality, roofline, scaling
 from .predict import list_cmd, predict
 from .simulate import simulate
 from .sweep import sweep
@@ -50,5 +50,6 @@ def main():
     cli(prog_name="fidoperf")
 
 
-for command in (list_cmd, predict, op, sweep, simulate, roofline, breakdown, quality, plan, calibrate, bench, validate):
+for command in (list_cmd, predict, op, sweep, simulate, roofline, breakdown, scaling, quality, plan, calibrate,
+                bench, validate):
     cli.add_command(command)

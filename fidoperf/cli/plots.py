@@ -10,10 +10,12 @@ import click
 
 from .options import (
     InputError,
+    build_layout,
     build_settings,
     build_workload,
     check_writable,
     hardware_option,
+    layout_options,
     output_option,
     settings_options,
     workload_options,
@@ -179,11 +181,13 @@ def roofline(models, hardware, output, **kw):
 )
 @hardware_option()
 @workload_options
+@layout_options
 @settings_options
 @output_option("Write the figure here (.png, .svg or .pdf); without it, print the table (ms).")
 def breakdown(models, hardware, output, **kw):
     """Time per sample split into encoder, cross-attention K/V projection and the
-    decoder's self-attention, cross-attention, MLP and the rest, one bar per model."""
+    decoder's self-attention, cross-attention, MLP and the rest, one bar per model;
+    with a layout of several chips, communication is a segment of its own."""
     _figure_output(output)
     from ..costmodel.prediction import predict
     from ..present import plots
@@ -191,20 +195,72 @@ def breakdown(models, hardware, output, **kw):
 
     hw = load_hardware(hardware)
     wl, settings = build_workload(**kw), build_settings(**kw)
-    preds = [predict(m, hw, wl, settings) for m in _models(models)]
+    layout = build_layout(**kw)
+    preds = [predict(m, hw, wl, settings, layout) for m in _models(models)]
     table = plots.breakdown_table(preds)
     if output is None:
         from ..present.fmt import text_table
 
-        cols = {c: name for c, name, _ in plots.BREAKDOWN}
+        cols = {c: name for c, name, _ in plots.BREAKDOWN if c != "comm_s" or table[c].any()}
         show = table[["model"]].copy()
         for c, name in cols.items():
             show[name.split(" (")[0] + " ms"] = (table[c] * 1e3).map(lambda v: f"{v:.3g}")
         show["total ms"] = (table["total_s"] * 1e3).map(lambda v: f"{v:.3g}")
         click.echo(f"Time per sample on {_setting_text(wl, hw.name)}\n" + text_table(show))
         return
-    ax = plots.breakdown(None, table, title=f"Time per sample on {_setting_text(wl, hw.name)}")
+    where = "" if layout.single_chip else f", {layout.label()}"
+    ax = plots.breakdown(None, table, title=f"Time per sample on {_setting_text(wl, hw.name)}{where}")
     save_figure(ax, output)
+
+
+# --------------------------------------------------------------------------- scaling
+
+
+@click.command()
+@click.option("--model", "-m", default="fido-base-xl", show_default=True, help=VARIANT_HELP.split(";")[0] + ".")
+@hardware_option(default="h100-sxm")
+@workload_options
+@click.option("--chips", "chip_counts", default="1,2,4,8", show_default=True,
+              help="Comma-separated chip counts; every tensor parallelism that divides a count and splits the "
+                   "model's heads is evaluated (the rest of the chips are data-parallel replicas).")
+@click.option("--shard-kv", type=click.Choice(["heads", "batch"]), default="heads", show_default=True,
+              help="How tensor-parallel chips split the cross-attention keys and values.")
+@settings_options
+@output_option("Write the figure here (.png, .svg or .pdf); without it, print the table.")
+def scaling(model, hardware, chip_counts, shard_kv, output, **kw):
+    """Time per sample and throughput per chip against chips, one line per tensor
+    parallelism: what splitting a replica buys and what its communication costs."""
+    _figure_output(output)
+    from ..present import plots
+    from ..specs import load_hardware
+
+    try:
+        counts = sorted({int(x) for x in chip_counts.replace(" ", "").split(",") if x})
+    except ValueError:
+        raise InputError(f"--chips: expected comma-separated whole numbers, got {chip_counts!r}") from None
+    if not counts or min(counts) < 1:
+        raise InputError(f"--chips: expected whole numbers of at least 1, got {chip_counts!r}")
+    hw = load_hardware(hardware)
+    m = load_variant(model)
+    wl, settings = build_workload(**kw), build_settings(**kw)
+    table = plots.scaling_table(m, hw, wl, counts, settings, shard_kv)
+    if table.empty:
+        raise InputError(f"--chips: no tensor parallelism of {chip_counts} splits the heads of {m.name}")
+    if output is None:
+        from ..present import fmt as F
+
+        show = table.assign(**{
+            "time/sample": table["time_per_sample_s"].map(F.seconds),
+            "samples/s/chip": table["samples_per_s_per_chip"].map(lambda v: f"{v:.3g}"),
+            "comm share": table["comm_share"].map(lambda v: f"{100 * v:.1f}%"),
+            "memory/chip": table["peak_memory_bytes"].map(lambda v: F.si(v, "B")),
+            "fits": table["fits"].map({True: "yes", False: "no"}),
+        })[["chips", "tensor_parallel", "replicas", "time/sample", "samples/s/chip", "comm share", "memory/chip",
+            "fits"]]
+        click.echo(f"{m.name} on {_setting_text(wl, hw.name)}\n" + F.text_table(show))
+        return
+    axes = plots.scaling(None, table, title=f"{m.name} on {_setting_text(wl, hw.name)}")
+    save_figure(axes[0], output)
 
 
 # --------------------------------------------------------------------------- quality

@@ -78,6 +78,7 @@ BREAKDOWN = [
     ("cross_attn_s", "decoder cross-attention", "#c44e52"),
     ("mlp_s", "decoder MLP", "#55a868"),
     ("other_s", "decoder other (norms, residuals, embedding, logits)", "#b3b3b3"),
+    ("comm_s", "communication (collectives, shipping between pools)", "#8172b2"),
 ]
 
 
@@ -647,16 +648,18 @@ def _darker(c: str) -> str:
 # --------------------------------------------------------------------------- breakdown
 
 
-def _component(phase: str, op: str) -> str:
+def _component(phase: str, op: str, kind: str = "") -> str:
+    if kind == "collective":
+        return "comm_s"
     if phase == "encoder":
         return "encoder_s"
     if phase == "cross_kv":
         return "cross_kv_s"
     if op.endswith("norm") or op.endswith("residual"):
         return "other_s"
-    if op.startswith("self_attn_"):
+    if op == "self_attn" or op.startswith("self_attn_") or op == "self_kv_cache_cat":
         return "self_attn_s"
-    if op.startswith("cross_attn_"):
+    if op == "cross_attn" or op.startswith("cross_attn_"):
         return "cross_attn_s"
     if op.startswith("mlp_"):
         return "mlp_s"
@@ -665,12 +668,13 @@ def _component(phase: str, op: str) -> str:
 
 def breakdown_table(predictions: Sequence[Prediction], labels: Sequence[str] | None = None) -> pd.DataFrame:
     """Time per sample (s) of each prediction split into the components of
-    :data:`BREAKDOWN`; decoder norms and residuals count as "other". Columns sum to
-    ``total_s`` = ``totals["time_per_sample_s"]``."""
+    :data:`BREAKDOWN`; decoder norms and residuals count as "other", collectives and
+    shipping between pools as "communication". Columns sum to ``total_s`` =
+    ``totals["time_per_sample_s"]``."""
     rows = []
     many_hw = len({p.hardware.name for p in predictions}) > 1
     for i, p in enumerate(predictions):
-        comp = [_component(ph, op) for ph, op in zip(p.ops["phase"], p.ops["op"], strict=True)]
+        comp = [_component(ph, op, k) for ph, op, k in zip(p.ops["phase"], p.ops["op"], p.ops["kind"], strict=True)]
         per = p.ops["time_s"].groupby(comp).sum() / p.workload.batch
         label = labels[i] if labels else (f"{p.model.name}\n{p.hardware.name}" if many_hw else p.model.name)
         row = {"label": label, "model": p.model.name, "hardware": p.hardware.name, "batch": p.workload.batch}
@@ -688,6 +692,8 @@ def breakdown(ax, predictions, *, title: str | None = None, ylabel: str = "time 
     x = np.arange(len(table))
     bottom = np.zeros(len(table))
     for col, name, colour in BREAKDOWN:
+        if col == "comm_s" and not table[col].any():
+            continue  # single chips: no communication segment
         ms = table[col].to_numpy() * 1e3
         bars = ax.bar(x, ms, bottom=bottom, color=colour, width=0.62, label=name, edgecolor="white", lw=0.5)
         for patch in bars:
@@ -708,6 +714,71 @@ def breakdown(ax, predictions, *, title: str | None = None, ylabel: str = "time 
     if title is not None:
         ax.set_title(title, fontsize=10)
     return ax
+
+
+# --------------------------------------------------------------------------- scaling over chips
+
+
+def scaling_table(model: ModelSpec, hardware: Hardware, workload: Workload, chips: Sequence[int] = (1, 2, 4, 8),
+                  settings: Settings = DEFAULT_SETTINGS, shard_kv: str = "heads") -> pd.DataFrame:
+    """For every chip count N and every tensor parallelism T that divides N and splits
+    the model's heads: time per sample (one batch through one replica, over the batch)
+    and the throughput per chip of N/T data-parallel replicas. Layouts T cannot split
+    are left out."""
+    from ..errors import SpecError
+    from ..specs.layout import Layout
+
+    rows = []
+    for n in chips:
+        for t in (d for d in range(1, n + 1) if n % d == 0):
+            try:
+                p = predict(model, hardware, workload, settings, Layout(chips=n, tensor_parallel=t,
+                                                                          shard_kv=shard_kv))
+            except SpecError:
+                continue
+            rows.append({"chips": n, "tensor_parallel": t, "replicas": n // t,
+                         "time_per_sample_s": p.totals["time_per_sample_s"],
+                         "samples_per_s": p.totals["samples_per_s"],
+                         "samples_per_s_per_chip": p.totals["samples_per_s"] / n,
+                         "comm_share": p.totals["comm_time_s"] / p.totals["time_per_sample_s"],
+                         "peak_memory_bytes": p.memory["peak_bytes"], "fits": p.memory["fits"]})
+    return pd.DataFrame(rows)
+
+
+def scaling(axes, table: pd.DataFrame, *, title: str | None = None):
+    """Two panels against chips (log2): time per sample and throughput per chip, one
+    line per tensor parallelism (hollow markers: the batch does not fit a chip)."""
+    if axes is None:
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(10.0, 4.2), dpi=100)
+        FigureCanvasAgg(fig)
+        axes = fig.subplots(1, 2)
+        fig.subplots_adjust(wspace=0.3)
+    left, right = axes
+    for i, (t, g) in enumerate(table.groupby("tensor_parallel")):
+        colour = f"C{i}"
+        g = g.sort_values("chips")
+        for ax, col, scale in ((left, "time_per_sample_s", 1e3), (right, "samples_per_s_per_chip", 1.0)):
+            ax.plot(g["chips"], g[col] * scale, "-", color=colour, lw=1.3, label=f"tensor parallel {t}")
+            fit = g["fits"].to_numpy(bool)
+            ax.scatter(g["chips"][fit], g[col][fit] * scale, color=colour, s=22, zorder=3)
+            ax.scatter(g["chips"][~fit], g[col][~fit] * scale, facecolor="white", edgecolor=colour, s=22, zorder=3)
+    for ax, label in ((left, "time per sample (ms)"), (right, "samples/s per chip")):
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        _log_ticks_125(ax.yaxis)
+        ax.set_xlabel("chips")
+        ax.set_ylabel(label)
+        ax.grid(True, which="both", color="0.92", lw=0.6)
+        ticks = sorted(table["chips"].unique())
+        ax.set_xticks(ticks, [str(int(x)) for x in ticks])
+    left.legend(fontsize=8, frameon=False)
+    right.set_title("hollow: the batch does not fit a chip's memory", fontsize=8, color="0.4")
+    if title is not None:
+        left.figure.suptitle(title, fontsize=10)
+    return axes
 
 
 # --------------------------------------------------------------------------- decoder step vs batch
