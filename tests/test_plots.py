@@ -161,6 +161,9 @@ def test_breakdown_sums_to_time_per_sample(tpu, variants):
     ax = plots.breakdown(None, variants)
     for col, _, _ in plots.BREAKDOWN:
         heights = [p.get_height() for p in ax.patches if p.get_gid() == f"bar|{col}"]
+        if col == "comm_s":  # one chip: no communication, no segment
+            assert heights == [] and not table[col].any()
+            continue
         np.testing.assert_allclose(heights, table[col].to_numpy() * 1e3, rtol=1e-12)
     assert "(ms)" in ax.get_ylabel()
 
@@ -315,3 +318,34 @@ def test_unwritable_output(tmp_path, make):
     finally:
         for p in tmp_path.iterdir():
             p.chmod(0o700)
+
+
+def test_breakdown_of_a_layout_has_a_communication_segment():
+    from fidoperf.specs.layout import Layout
+
+    hw = load_hardware("h100-sxm")
+    preds = [predict(load_model(m), hw, Workload(batch=8), layout=Layout(tensor_parallel=2))
+             for m in ("fid-base", "fido-base")]
+    table = plots.breakdown_table(preds)
+    comm = [p.ops.loc[p.ops["kind"] == "collective", "time_s"].sum() / 8 for p in preds]
+    np.testing.assert_allclose(table["comm_s"], comm, rtol=1e-12)
+    assert (table["comm_s"] > 0).all()
+    np.testing.assert_allclose(table["total_s"], [p.totals["time_per_sample_s"] for p in preds], rtol=1e-12)
+    ax = plots.breakdown(None, table)
+    assert len([p for p in ax.patches if p.get_gid() == "bar|comm_s"]) == 2
+
+
+def test_scaling_table_and_plot():
+    hw = load_hardware("h100-sxm")
+    table = plots.scaling_table(load_model("fid-xl"), hw, Workload(batch=8), chips=(1, 2, 4))
+    assert set(map(tuple, table[["chips", "tensor_parallel"]].to_numpy())) == {(1, 1), (2, 1), (2, 2), (4, 1), (4, 2),
+                                                                              (4, 4)}
+    one = table[(table["tensor_parallel"] == 1)]
+    # data-parallel replicas: same latency, same throughput per chip
+    assert one["time_per_sample_s"].nunique() == 1 and one["samples_per_s_per_chip"].round(12).nunique() == 1
+    by_t = table[table["chips"] == 4].set_index("tensor_parallel")
+    assert by_t.loc[4, "peak_memory_bytes"] < by_t.loc[2, "peak_memory_bytes"] < by_t.loc[1, "peak_memory_bytes"]
+    assert by_t.loc[4, "comm_share"] > by_t.loc[2, "comm_share"] > 0 == by_t.loc[1, "comm_share"]
+    axes = plots.scaling(None, table)
+    assert axes[0].get_xlabel() == "chips" and "per chip" in axes[1].get_ylabel()
+    assert len(axes[0].get_lines()) == 3
