@@ -53,18 +53,22 @@ RESIDUAL_FLOPS = 1
 
 XLA = IMPLEMENTATIONS["xla"]
 
-# Hugging Face T5 in PyTorch eager (transformers 5.x modeling_t5.py): framework
-# operations per module, each a kernel of its own.
-EAGER_NORM_OPS = 6  # T5LayerNorm: pow, mean, add eps, rsqrt, multiply, multiply by weight
+# Hugging Face T5 in PyTorch eager (transformers 5.x modeling_t5.py, SDPA attention, its
+# default): framework operations (dispatches) per module, counted with torch.profiler
+# (top-level aten:: operators, transformers 5.24, torch 2.13; tests/test_torch.py checks
+# them against the library installed). Views, transposes, dtype no-ops and eval-mode
+# dropouts are dispatches without data movement: each costs the host's dispatch time.
+EAGER_NORM_OPS = 7  # T5LayerNorm: to(float32), pow, mean, add eps, rsqrt, multiply, multiply by weight
 EAGER_GELU_OPS = 8  # NewGELUActivation: pow, scale, add, scale, tanh, add 1, halve, multiply
-# Per decoding step, outside the layers: the self-attention position bias (relative
-# position buckets, about a dozen small tensors), the masks, greedy selection and the
-# generate loop's bookkeeping (next-token logits copy, argmax, cat of the token ids,
-# stopping criteria). Counted from transformers 5.x T5Stack.forward and
-# GenerationMixin._sample; each is a tiny kernel whose cost is its dispatch.
-EAGER_STEP_OPS = 30
-# Per encoder forward: the position bias of N x N relative positions and the mask.
-EAGER_ENCODER_OPS = 20
+EAGER_PROJECTION_OPS = 3  # nn.Linear, then .view() and .transpose(1, 2) to heads
+EAGER_ATTENTION_OUT_OPS = 3  # the SDPA output's transpose, reshape, reshape(...).contiguous()
+EAGER_ENCODER_STACK_OPS = 31  # per encoder forward beside the embedding and final norm: the
+#                               N x N relative position bias, the masks, dropouts
+EAGER_STEP_OPS = 61  # per decoding step beside the embedding, final norm, logits and argmax:
+#                      the position bias of the new token, masks, generate's bookkeeping
+EAGER_CROSS_SETUP_OPS = 17  # per cross-attention layer in the first step beside its k and v
+#                             projections: the cache's creation and its two torch.cat
+EAGER_GENERATE_SETUP_OPS = 27  # per generate call, once
 
 
 @dataclass(frozen=True)
@@ -107,8 +111,9 @@ def rms_norm(name: str, M, D, w, a, impl: Implementation = XLA) -> Op:
     return Op(name, "vector", NORM_FLOPS * M * D, weight_bytes=D * w, act_bytes=2 * M * D * a, rows=M)
 
 
-def residual(name: str, M, D, a) -> Op:
-    return Op(name, "vector", RESIDUAL_FLOPS * M * D, act_bytes=3 * M * D * a, rows=M)
+def residual(name: str, M, D, a, impl: Implementation = XLA) -> Op:
+    """x + sublayer(x); eager: an eval-mode dropout dispatch first."""
+    return Op(name, "vector", RESIDUAL_FLOPS * M * D, act_bytes=3 * M * D * a, rows=M, launches=2 if impl.eager else 1)
 
 
 def residual_norm(name: str, M, D, w, a) -> Op:
@@ -146,12 +151,11 @@ def attention(prefix: str, Q, Kv, H, G, dk, a, c, kv_source: str, groups=1, impl
     Keys/values come from ``kv_source``: "act" (computed in this layer), "self_kv" or
     "cross_kv" (a cache). Each of the G key/value heads is shared by H/G query heads.
 
-    Unfused (xla, eager): a batched product writes the H x Q x Kv scores, a softmax
-    reads and writes them, a second product reads them back with the values; eager
-    adds Hugging Face's scaling, position-bias and mask additions over the scores and
-    the copy that makes the output contiguous.
+    Unfused (xla): a batched product writes the H x Q x Kv scores, a softmax reads and
+    writes them, a second product reads them back with the values.
 
-    Flash (tuned): one kernel; the scores never leave the chip; keys and values are
+    Flash (tuned; eager runs PyTorch's fused scaled_dot_product_attention): one kernel;
+    the scores never leave the chip; keys and values are
     read once per ``flash_rows`` query rows (FlashAttention, Dao et al. 2022, arXiv
     2205.14135, Theorem 2 and Algorithm 1: the outer loop over blocks of query rows
     reads every key/value block; ``flash_rows`` is the block height times the blocks
@@ -166,10 +170,18 @@ def attention(prefix: str, Q, Kv, H, G, dk, a, c, kv_source: str, groups=1, impl
     if impl.flash:
         kv_read = 2 * kv_once * kv_passes(Q, flash_rows)
         extra = {cache_key: kv_read} if cache_key else {}
-        return [Op(f"{prefix}", "attention", 4 * scores * dk + SOFTMAX_FLOPS * scores, rows=Q * H / G,
-                   act_bytes=2 * q_or_out + (0 if cache_key else kv_read), kernel="flash",
-                   shape={"batch": groups, "q_len": Q, "kv_len": Kv, "heads": H, "kv_heads": G,
-                          "head_dim": dk, "causal": causal}, **extra)]
+        # eager (PyTorch SDPA under Hugging Face T5): the additive position bias [1, H, Q, Kv]
+        # is read with the scores; the output goes back to [tokens, H x dk] by a copy
+        bias = H * Q * Kv * 4 if impl.eager else 0
+        ops = [Op(f"{prefix}", "attention", 4 * scores * dk + SOFTMAX_FLOPS * scores, rows=Q * H / G,
+                  act_bytes=2 * q_or_out + (0 if cache_key else kv_read) + bias, kernel="flash",
+                  shape={"batch": groups, "q_len": Q, "kv_len": Kv, "heads": H, "kv_heads": G,
+                         "head_dim": dk, "causal": causal},
+                  launches=2 if impl.eager and kv_source != "cross_kv" else 1, **extra)]  # + the bias' contiguous()
+        if impl.eager:
+            ops.append(Op(f"{prefix}_output", "vector", 0 * q_or_out, act_bytes=2 * q_or_out, rows=Q * H / G,
+                          launches=EAGER_ATTENTION_OUT_OPS))
+        return ops
     on_act = kv_once if kv_source == "act" else 0
     cache = {} if kv_source == "act" else {cache_key: kv_once}
     rows = Q * H / G
@@ -177,19 +189,11 @@ def attention(prefix: str, Q, Kv, H, G, dk, a, c, kv_source: str, groups=1, impl
     logits = Op(f"{prefix}_logits", "attention", 2 * scores * dk, rows=rows,
                 act_bytes=q_or_out + stored * a + on_act, kernel="gemm",
                 shape={"m": rows, "n": Kv, "k": dk, "batch": groups * G}, **cache)
-    softmax_ops = 1
-    softmax_bytes = 2 * stored * a
-    if impl.eager:  # attn * scaling, + position_bias, + mask: three more passes over the scores
-        softmax_ops, softmax_bytes = 4, 8 * stored * a
-    softmax = Op(f"{prefix}_softmax", "softmax", SOFTMAX_FLOPS * scores, act_bytes=softmax_bytes, rows=rows,
-                 launches=softmax_ops)
+    softmax = Op(f"{prefix}_softmax", "softmax", SOFTMAX_FLOPS * scores, act_bytes=2 * stored * a, rows=rows)
     values = Op(f"{prefix}_values", "attention", 2 * scores * dk, rows=rows,
                 act_bytes=stored * a + q_or_out + on_act, kernel="gemm",
                 shape={"m": rows, "n": dk, "k": Kv, "batch": groups * G}, **cache)
-    out = [logits, softmax, values]
-    if impl.eager:  # attn_output.transpose(1, 2).contiguous()
-        out.append(Op(f"{prefix}_transpose", "vector", 0 * q_or_out, act_bytes=2 * q_or_out, rows=rows))
-    return out
+    return [logits, softmax, values]
 
 
 def projections(prefix: str, M, D, H, G, dk, w, a, impl: Implementation, with_kv: bool = True,
@@ -198,13 +202,14 @@ def projections(prefix: str, M, D, H, G, dk, w, a, impl: Implementation, with_kv
     one product per weight matrix (Hugging Face T5: q, k, v)."""
     if impl.projections == "fused" or not with_kv:
         if not with_kv:
-            return [linear(f"{prefix}_q", M, D, H * dk, w, a)]
+            return [linear(f"{prefix}_q", M, D, H * dk, w, a, launches=EAGER_PROJECTION_OPS if impl.eager else 1)]
         extra = {} if self_kv is None else {"self_kv_bytes": self_kv}
         return [linear(f"{prefix}_qkv", M, D, (H + 2 * G) * dk, w, a, out_bytes=kv_out, **extra)]
-    ops = [linear(f"{prefix}_q", M, D, H * dk, w, a)]
+    launches = EAGER_PROJECTION_OPS if impl.eager else 1
+    ops = [linear(f"{prefix}_q", M, D, H * dk, w, a, launches=launches)]
     for name in ("k", "v"):
         extra = {} if self_kv is None else {"self_kv_bytes": self_kv / 2, "out_bytes": 0}
-        ops.append(linear(f"{prefix}_{name}", M, D, G * dk, w, a, **extra))
+        ops.append(linear(f"{prefix}_{name}", M, D, G * dk, w, a, launches=launches, **extra))
     return ops
 
 
@@ -222,7 +227,7 @@ def mlp(M, D, F, n_in, w, a, impl: Implementation = XLA) -> list[Op]:
                          launches=EAGER_GELU_OPS)
         if n_in == 2:
             ops.append(linear("mlp_in_gate", M, D, F, w, a))
-            ops.append(elementwise("mlp_gate", M * F, 2, 1, a, 1))
+            ops.append(elementwise("mlp_gate", M * F, 2, 1, a, 1, launches=2 if impl.eager else 1))  # + dropout
         return ops + [linear("mlp_out", M, F, D, w, a)]
     return [
         linear("mlp_in", M, D, n_in * F, w, a),
@@ -253,19 +258,22 @@ def encoder_layer(D, H, G, dk, F, n_in, B, P, N, w, a, impl: Implementation = XL
         *projections("attn", M, D, H, G, dk, w, a, impl),
         *attn,
         linear("attn_out", M, H * dk, D, w, a),
-        residual("attn_residual", M, D, a),
+        residual("attn_residual", M, D, a, impl),
         rms_norm("mlp_norm", M, D, w, a, impl),
         *mlp(M, D, F, n_in, w, a, impl),
-        residual("mlp_residual", M, D, a),
+        residual("mlp_residual", M, D, a, impl),
     ]
 
 
 def encoder_embed(D, B, P, N, w, a, impl: Implementation = XLA) -> list[Op]:
-    """The embedding lookup; eager adds the position-bias and mask tensors of the forward."""
+    """The embedding lookup; eager adds the forward's position bias and masks and the
+    generate call's one-off setup (dispatches counted once per batch here)."""
     M = B * P * N
     ops = [Op("embed", "gather", 0 * M, weight_bytes=M * D * w, act_bytes=M * D * a, rows=M)]
-    if impl.eager:
-        ops.append(Op("bias_and_mask", "vector", 0 * M, act_bytes=0 * M, rows=1, launches=EAGER_ENCODER_OPS))
+    if impl.eager:  # the relative position bias of N x N positions (int64 buckets, then [1, H, N, N] floats)
+        bias = 12 * N * N * 8
+        ops.append(Op("stack_setup", "vector", 0 * M, act_bytes=bias + 0 * M, rows=1,
+                      launches=EAGER_ENCODER_STACK_OPS + EAGER_GENERATE_SETUP_OPS))
     return ops
 
 
@@ -283,9 +291,10 @@ def cross_kv_layer(D_enc, G, dk, B, P, N, w, a, c, impl: Implementation = XLA) -
     and copies the result into its cache (``torch.cat`` onto an empty cache)."""
     M = B * P * N
     if impl.projections == "separate":
-        ops = [linear(f"cross_{x}_proj", M, D_enc, G * dk, w, a) for x in ("k", "v")]
+        launches = EAGER_PROJECTION_OPS if impl.eager else 1
+        ops = [linear(f"cross_{x}_proj", M, D_enc, G * dk, w, a, launches=launches) for x in ("k", "v")]
         ops.append(Op("cross_kv_cache_copy", "vector", 0 * M, act_bytes=M * 2 * G * dk * a,
-                      cross_kv_bytes=M * 2 * G * dk * c, rows=M, launches=2))
+                      cross_kv_bytes=M * 2 * G * dk * c, rows=M, launches=EAGER_CROSS_SETUP_OPS if impl.eager else 2))
         return ops
     return [linear("cross_kv_proj", M, D_enc, 2 * G * dk, w, a, out_bytes=0, cross_kv_bytes=M * 2 * G * dk * c)]
 
@@ -309,23 +318,24 @@ def decoder_layer(D, H, G, dk, F, n_in, B, P, N, t, cross: bool, w, a, c, impl: 
     ops += [
         *attention("self_attn", 1, t, H, G, dk, a, c, "self_kv", groups=B, impl=impl, flash_rows=flash_rows),
         linear("self_attn_out", B, H * dk, D, w, a),
-        residual_norm("self_attn_residual_norm", B, D, w, a) if fused else residual("self_attn_residual", B, D, a),
+        residual_norm("self_attn_residual_norm", B, D, w, a) if fused
+        else residual("self_attn_residual", B, D, a, impl),
     ]
     if cross:
         if not fused:
             ops.append(rms_norm("cross_attn_norm", B, D, w, a, impl))
         ops += [
-            linear("cross_attn_q", B, D, H * dk, w, a),
+            linear("cross_attn_q", B, D, H * dk, w, a, launches=EAGER_PROJECTION_OPS if impl.eager else 1),
             *attention("cross_attn", 1, P * N, cross_h, cross_g, dk, a, c, "cross_kv", groups=cross_b, impl=impl,
                        flash_rows=flash_rows),
             linear("cross_attn_out", B, H * dk, D, w, a),
             residual_norm("cross_attn_residual_norm", B, D, w, a) if fused
-            else residual("cross_attn_residual", B, D, a),
+            else residual("cross_attn_residual", B, D, a, impl),
         ]
     if not fused:
         ops.append(rms_norm("mlp_norm", B, D, w, a, impl))
     ops += mlp(B, D, F, n_in, w, a, impl)
-    ops.append(residual_norm("mlp_residual_norm", B, D, w, a) if fused else residual("mlp_residual", B, D, a))
+    ops.append(residual_norm("mlp_residual_norm", B, D, w, a) if fused else residual("mlp_residual", B, D, a, impl))
     return ops
 
 
@@ -336,7 +346,7 @@ def decoder_embed(D, B, w, a, impl: Implementation = XLA) -> list[Op]:
     if impl.fused_elementwise:
         ops.append(rms_norm("first_norm", B, D, w, a, impl))
     if impl.eager:
-        ops.append(Op("step_overhead", "vector", 0 * B, act_bytes=0 * B, rows=1, launches=EAGER_STEP_OPS))
+        ops.append(Op("step_setup", "vector", 0 * B, act_bytes=0 * B, rows=1, launches=EAGER_STEP_OPS))
     return ops
 
 

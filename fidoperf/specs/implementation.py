@@ -30,10 +30,11 @@ preset is a documented bundle of choices; every output names the preset it used
     ``compiled``: kernels are launched back to back by a compiled program or a tuned
     engine; each costs the chip's per-kernel floor. ``eager``: every framework
     operation is dispatched from Python (PyTorch eager), each with a dispatch cost, and
-    Hugging Face T5's own operator sequence is modelled (its RMS norm in six
-    element-wise operations, GELU's tanh form in eight, the key/value cache grown by
-    concatenation, the cross-attention keys and values projected inside the first
-    decoding step, a zero position bias materialised for cross-attention).
+    Hugging Face T5's own operator sequence is modelled, as counted with torch.profiler
+    on transformers 5 (see fidoperf.costmodel.ops: its RMS norm in seven operations,
+    GELU's tanh form in eight, views and transposes to and from heads, the key/value
+    cache grown by concatenation, the cross-attention keys and values projected inside
+    the first decoding step, generate's bookkeeping per step).
 
 The fixed cost per kernel belongs to the chip and the software, so it lives in the
 hardware profile (``overhead_s_per_op``, per implementation where they differ).
@@ -97,10 +98,13 @@ IMPLEMENTATIONS: dict[str, Implementation] = {
                     "over a key/value cache), residual add fused with the next RMS norm, GELU and gate fused "
                     "into the MLP input product, fused Q|K|V."),
     "eager": Implementation(
-        "eager", attention="unfused", elementwise="separate", projections="separate", framework="eager",
-        description="PyTorch eager running Hugging Face T5: one kernel per framework operation, each with a "
-                    "dispatch cost; separate q/k/v and wi_0/wi_1 products; the key/value cache grown by "
-                    "concatenation; cross-attention keys and values projected in the first decoding step."),
+        "eager", attention="flash", elementwise="separate", projections="separate", framework="eager",
+        description="PyTorch eager running Hugging Face T5 (transformers 5, its default SDPA attention): one "
+                    "dispatch per framework operation (views and eval-mode dropouts included), attention in "
+                    "PyTorch's fused scaled_dot_product_attention with the position bias as an additive mask, "
+                    "separate q/k/v and wi_0/wi_1 products, GELU's tanh form in eight operations, the key/value "
+                    "cache grown by concatenation, the cross-attention keys and values projected in the first "
+                    "decoding step."),
 }
 
 
