@@ -12,7 +12,7 @@ from typing import Any
 
 from ..errors import SpecError
 from .dtypes import DTYPE_BYTES
-from .yamlio import Fields, as_number, data_dir, read_yaml, resolve_path
+from .yamlio import Fields, as_number, check_plain, data_dir, read_yaml, resolve_path
 
 OP_KINDS = ("matmul", "attention", "softmax", "vector", "gather")
 EFFICIENCY_KEYS = ("compute", "memory") + tuple(
@@ -198,8 +198,9 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
     overhead_op = _overhead(f, "overhead_s_per_op")
     overhead_call = _overhead(f, "overhead_s_per_call")
     measured = f.raw("measured", {})
+    m = Fields({} if measured is None else measured, where, "measured.")  # a mapping whatever the kind
+    check_plain(m.data, f.err, "measured")  # free-form, but it goes into JSON output
     if kind == "measured":
-        m = Fields(measured, where, "measured.")
         for key in ("machine", "date", "versions"):
             m.raw(key)
     hw = Hardware(
