@@ -5,7 +5,7 @@ another exception, a traceback, a hang on an alias bomb or a RecursionError.
 Property-based (hypothesis), derandomized (``derandomize=True``): every run, in CI
 too, draws the same examples. ``FIDOPERF_FUZZ=N`` multiplies the counts by N and
 draws fresh random examples, for hunting locally (N = 20 took about 6 minutes).
-The whole file takes about 17 s on a 2-core machine. Examples per run:
+The whole file takes 17-20 s on a 2-core machine. Examples per run:
 
 | test                                      | what it feeds                                      | examples |
 |-------------------------------------------|----------------------------------------------------|---------:|
@@ -143,6 +143,9 @@ HARDWARE_KEYS = [
     "memory", "capacity_bytes", "bandwidth_bytes_per_s", "value", "source", "note", "on_chip_bytes",
     "interconnect_bytes_per_s", "tdp_w", "price_per_chip_hour_usd", "efficiency", "compute", "matmul_compute",
     "by", "points", "overhead_s_per_op", "overhead_s_per_call", "measured", "machine", "date", "versions",
+    "default_implementation", "kernel_model", "compute_units", "gemm_tiles", "gemm_split_k", "flash_block_q",
+    "async_launch", "interconnect", "library", "nccl_arch", "call_latency_s", "node", "network", "nvls",
+    "topology", "link_type", "chips", "link_bytes_per_s", "latency_s",
 ]
 MODEL_KEYS = [
     "name", "description", "source", "vocab_size", "encoder", "decoder", "size", "num_layers", "emb_dim",

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from .bench import bench, calibrate, validate
+from .op import op
 from .options import InputError
 from .plots import breakdown, plan, quality, roofline
 from .predict import list_cmd, predict
@@ -22,6 +23,8 @@ class FidoGroup(click.Group):
         try:
             return super().invoke(ctx)
         except SpecError as err:
+            if err.where == "layout":  # a layout comes from the layout options: name the option
+                raise InputError(f"--{err.field.replace('_', '-')}: {err.problem}") from None
             raise InputError(str(err)) from None
         except click.exceptions.NoArgsIsHelpError:
             raise
@@ -46,5 +49,5 @@ def main():
     cli(prog_name="fidoperf")
 
 
-for command in (list_cmd, predict, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
+for command in (list_cmd, predict, op, sweep, roofline, breakdown, quality, plan, calibrate, bench, validate):
     cli.add_command(command)

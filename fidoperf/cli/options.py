@@ -66,12 +66,39 @@ def hardware_option(default="tpu-v4", multiple=False):
                              + (" (repeat for several)." if multiple else "."))
 
 
+def layout_options(f):
+    """How the model is spread over chips (fidoperf.specs.layout)."""
+    opts = [
+        click.option("--chips", type=click.IntRange(min=1), default=None,
+                     help="Chips used: tensor-parallel groups times data-parallel replicas [default: "
+                          "--tensor-parallel, or the two pools' sum]."),
+        click.option("--tensor-parallel", "-t", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="Chips that split one replica Megatron-style (heads and MLP width; one all-reduce per "
+                          "sub-layer)."),
+        click.option("--shard-kv", type=click.Choice(["heads", "batch"]), default="heads", show_default=True,
+                     help="How tensor-parallel chips split the cross-attention keys and values: by key/value "
+                          "head (replicated when T exceeds them), or over the batch (Pope et al.; two all-to-alls "
+                          "per cross-attention)."),
+        click.option("--encoder-chips", type=click.IntRange(min=1), default=None,
+                     help="Separate encoder pool of this many chips (with --decoder-chips)."),
+        click.option("--decoder-chips", type=click.IntRange(min=1), default=None,
+                     help="Separate decoder pool of this many chips (with --encoder-chips)."),
+    ]
+    return functools.reduce(lambda g, o: o(g), reversed(opts), f)
+
+
 def settings_options(f):
     f = click.option("--overlap", type=click.Choice(["roofline", "no_overlap"]), default="roofline",
                      show_default=True,
                      help="roofline: time = max(compute, memory); no_overlap: their sum.")(f)
-    f = click.option("--no-efficiency", is_flag=True,
-                     help="Ignore the profile's efficiency factors (raw datasheet peaks).")(f)
+    f = click.option("--roofline", "--no-efficiency", "roofline", is_flag=True,
+                     help="The pure lower bound of the same implementation: datasheet peaks, no fixed costs per "
+                          "kernel, the implementation's own byte counts (default: the derated model of the "
+                          "chip's kernels). --no-efficiency is an alias.")(f)
+    f = click.option("--implementation", type=click.Choice(["xla", "tuned", "eager"]), default=None,
+                     help="How the kernels are implemented: xla (T5X/JAX: unfused attention), tuned (GPU serving "
+                          "engines: flash attention, fused element-wise), eager (PyTorch eager, Hugging Face T5). "
+                          "[default: the hardware profile's default_implementation]")(f)
     return f
 
 
@@ -152,11 +179,22 @@ def build_workload(passages, passage_len, target_len, batch, dtype, **_):
         raise
 
 
-def build_settings(overlap="roofline", no_efficiency=False, **_):
-    # --overlap is a click.Choice, and Settings names --overlap itself: nothing to map.
+def build_layout(chips=None, tensor_parallel=1, shard_kv="heads", encoder_chips=None, decoder_chips=None, **_):
+    from ..errors import SpecError
+    from ..specs.layout import Layout
+
+    try:
+        return Layout(chips=chips, tensor_parallel=tensor_parallel, shard_kv=shard_kv,
+                      encoder_chips=encoder_chips, decoder_chips=decoder_chips)
+    except SpecError as err:  # name the option the user typed
+        raise InputError(f"--{err.field.replace('_', '-')}: {err.problem}") from None
+
+
+def build_settings(overlap="roofline", roofline=False, implementation=None, **_):
     from ..costmodel.prediction import Settings
 
-    return Settings(overlap=overlap, efficiency=not no_efficiency)
+    return Settings(overlap=overlap, efficiency="roofline" if roofline else "derated",
+                    implementation=implementation)
 
 
 def write_output(text: str, output: Path | None) -> None:

@@ -5,12 +5,14 @@ from __future__ import annotations
 import click
 
 from .options import (
+    build_layout,
     build_model,
     build_settings,
     build_workload,
     check_writable,
     format_option,
     hardware_option,
+    layout_options,
     model_options,
     output_option,
     settings_options,
@@ -59,6 +61,7 @@ def list_cmd(fmt):
 @model_options
 @hardware_option()
 @workload_options
+@layout_options
 @settings_options
 @click.option("--per-layer", is_flag=True, help="Table: one row per operator and layer, not summed over layers.")
 @format_option()
@@ -73,7 +76,8 @@ def predict(fmt, output, per_layer, hardware, **kw):
     from ..specs import load_hardware
 
     check_writable(output)
-    pred = run_predict(build_model(**kw), load_hardware(hardware), build_workload(**kw), build_settings(**kw))
+    pred = run_predict(build_model(**kw), load_hardware(hardware), build_workload(**kw), build_settings(**kw),
+                       build_layout(**kw))
     from ..present.report import prediction_text
 
     if fmt == "json":

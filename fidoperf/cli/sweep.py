@@ -6,11 +6,13 @@ import click
 
 from .options import (
     InputError,
+    build_layout,
     build_model,
     build_settings,
     build_workload,
     check_writable,
     hardware_option,
+    layout_options,
     model_options,
     output_option,
     settings_options,
@@ -32,7 +34,9 @@ VARY_HELP = (
     "whole-number fields a:b is every integer from a to b inclusive and a:b:s steps by s "
     "(batch=1,8,32  passages=10:100:10). Fields: batch, passages, passage_len, target_len, dtype, "
     "model, kv_heads, cross_attn_every, encoder_size, decoder_size, encoder_layers, decoder_layers, "
-    "hardware (names or YAML files), overlap (roofline|no_overlap)."
+    "hardware (names or YAML files), overlap (roofline|no_overlap), efficiency (derated|roofline), "
+    "implementation (xla|tuned|eager), chips, tensor_parallel, shard_kv (heads|batch), encoder_chips, "
+    "decoder_chips (0: no separate pools)."
 )
 
 
@@ -40,6 +44,7 @@ VARY_HELP = (
 @model_options
 @hardware_option()
 @workload_options
+@layout_options
 @settings_options
 @click.option("--vary", "vary_specs", multiple=True, metavar="FIELD=VALUES", help=VARY_HELP)
 @output_option(
@@ -129,7 +134,7 @@ def sweep(ctx, vary_specs, output, time_limit_ms, memory_limit_gb, top, hardware
     base_wl = build_workload(**kw)
     settings = build_settings(**kw)
     start = time.perf_counter()
-    df = run_sweep(base_model, base_hw, base_wl, vary, settings, progress=True)
+    df = run_sweep(base_model, base_hw, base_wl, vary, settings, progress=True, layout=build_layout(**kw))
     elapsed = time.perf_counter() - start
 
     if output is not None:

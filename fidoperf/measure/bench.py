@@ -19,7 +19,7 @@ from functools import cached_property
 import numpy as np
 
 from ..costmodel import ops as costs
-from ..costmodel.prediction import Settings, dtype_bytes, op_times, ops_table, stack_dims
+from ..costmodel.prediction import Settings, dtype_bytes, flash_rows, op_times, ops_table, stack_dims
 from ..specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
 
 KINDS = ("encoder_layer", "cross_kv", "decoder_layer", "decoder_step", "generate")
@@ -90,31 +90,34 @@ class Case:
 # --------------------------------------------------------------------------- the model's view
 
 
-def case_ops(case: Case) -> list[costs.Op]:
-    """The ops the cost model says one call of the case runs (not for generate)."""
+def case_ops(case: Case, impl=None, rows: int = 128) -> list[costs.Op]:
+    """The ops the cost model says one call of the case runs (not for generate), cut
+    as ``impl`` cuts them (default: xla, as the JAX layers here run)."""
+    impl = impl or costs.XLA
     m, wl = case.model, case.workload
     w, a, c = dtype_bytes(wl)
     B, P, N, t = case.batch, case.passages, case.passage_len, case.step
     e, d = m.encoder, m.decoder
     ed, dd = stack_dims(e), stack_dims(d)
     if case.kind == "encoder_layer":
-        return costs.encoder_layer(*ed, B, P, N, w, a)
+        return costs.encoder_layer(*ed, B, P, N, w, a, impl, rows)
     if case.kind == "cross_kv":
-        return [costs.cross_kv_layer(e.emb_dim, d.num_kv_heads, d.head_dim, B, P, N, w, a, c)]
+        return costs.cross_kv_layer(e.emb_dim, d.num_kv_heads, d.head_dim, B, P, N, w, a, c, impl)
     if case.kind == "decoder_layer":
-        return costs.decoder_layer(*dd, B, P, N, t, case.cross, w, a, c)
+        return costs.decoder_layer(*dd, B, P, N, t, case.cross, w, a, c, impl, rows)
     if case.kind == "decoder_step":
-        ops = [costs.decoder_embed(d.emb_dim, B, w, a)]
+        ops = costs.decoder_embed(d.emb_dim, B, w, a, impl)
         for i in range(d.num_layers):
-            ops += costs.decoder_layer(*dd, B, P, N, t, d.has_cross_attn(i), w, a, c)
-        return ops + costs.decoder_head(d.emb_dim, m.vocab_size, B, w, a)
+            ops += costs.decoder_layer(*dd, B, P, N, t, d.has_cross_attn(i), w, a, c, impl, rows)
+        return ops + costs.decoder_head(d.emb_dim, m.vocab_size, B, w, a, impl)
     raise ValueError(f"case_ops does not cover {case.kind}")
 
 
 def predict_case(case: Case, hw: Hardware, settings: Settings = Settings()) -> dict:
     """Predicted time of one call: the profile's per-call overhead plus the sum of
-    the op times (each with its per-op overhead)."""
+    the op times (each with its fixed cost per kernel)."""
     wl = case.workload
+    settings = settings.resolve(hw)
     if case.kind == "generate":
         ops = ops_table(case.model, hw, wl, settings)
         sums = ops[["flops", "bytes", "compute_s", "memory_s", "time_s"]].sum()
@@ -123,7 +126,7 @@ def predict_case(case: Case, hw: Hardware, settings: Settings = Settings()) -> d
                                                        ("flops", "bytes", "compute_s", "memory_s", "time_s"))
     else:
         flops = nbytes = compute_s = memory_s = time_s = mm = 0.0
-        for op in case_ops(case):
+        for op in case_ops(case, settings.impl(hw), flash_rows(hw)):
             cs, ms, ts = op_times(op, hw, wl.compute_dtype, wl.act_dtype, settings)
             flops += float(op.flops)
             nbytes += float(op.bytes)

@@ -48,7 +48,10 @@ def prediction_text(pred: Prediction, markdown: bool = False, per_layer: bool = 
         f"activations {wl.act_dtype}, KV {wl.kv_dtype}, matmuls at {wl.compute_dtype} peak\n"
         f"decoder: {dec.num_layers} layers, {dec.num_heads} query / {dec.num_kv_heads} key-value heads, "
         f"cross-attention every {dec.cross_attn_every} ({dec.num_cross_layers} layers); "
-        f"ridge point {ridge:.0f} FLOP/B; overlap model: {pred.settings.overlap}"
+        f"ridge point {ridge:.0f} FLOP/B; overlap model: {pred.settings.overlap}\n"
+        f"implementation: {pred.settings.implementation}; {pred.settings.efficiency} model"
+        + (" (datasheet peaks, no fixed costs)" if pred.settings.efficiency == "roofline" else
+           " (kernel efficiencies and fixed costs of the profile)")
     )
     rows = []
     for name, key in [("encoder", "encoder"), ("cross-attn K/V projection", "cross_kv"),
@@ -61,11 +64,23 @@ def prediction_text(pred: Prediction, markdown: bool = False, per_layer: bool = 
         "per sample": r["per sample"], "FLOPs": F.si(r["FLOPs"], "FLOP"), "bytes": F.si(r["bytes"], "B"),
         "FLOP/B": f"{r['FLOPs'] / r['bytes']:.3g}", "time": F.seconds(r["time_s"]),
         "share": f"{100 * r['time_s'] / t['time_per_sample_s']:.1f}%"} for r in rows])
+    lay = pred.layout
+    per_chip = "" if lay.single_chip else " per chip"
+    layout_line = ""
+    if not lay.single_chip:
+        layout_line = (f"layout: {lay.label()}; communication {F.seconds(t['comm_time_s'])} per sample "
+                       f"({100 * t['comm_time_s'] / t['time_per_sample_s']:.1f}% of its time), exposed "
+                       f"{F.seconds(t['comm_exposed_s'])}"
+                       + (f"; the encoder pool ships {t['shipped'].replace('_', ' ')}" if lay.pooled else "")
+                       + f"; {t['chip_seconds_per_sample'] * 1e3:.3g} chip-ms per sample\n")
     summary = (
-        f"time per sample {F.seconds(t['time_per_sample_s'])}, per decoding step (batch) "
-        f"{F.seconds(t['time_per_step_s'])}, {t['samples_per_s']:.3g} samples/s, "
-        f"{t['tokens_per_s']:.3g} tokens/s per chip\n"
-        f"memory: weights {F.si(mem['weight_bytes'], 'B')}, cross-attn K/V {F.si(mem['cross_kv_bytes'], 'B')}, "
+        layout_line
+        + f"time per sample {F.seconds(t['time_per_sample_s'])} (one batch through one replica: "
+        f"{F.seconds(t['batch_time_s'])}), per decoding step (batch) {F.seconds(t['time_per_step_s'])}; "
+        f"{t['samples_per_s']:.3g} samples/s, {t['tokens_per_s']:.3g} tokens/s "
+        + ("per chip" if lay.single_chip else f"over {lay.total_chips} chips") + "\n"
+        f"memory{per_chip}: weights {F.si(mem['weight_bytes'], 'B')}, "
+        f"cross-attn K/V {F.si(mem['cross_kv_bytes'], 'B')}, "
         f"self-attn K/V {F.si(mem['self_kv_bytes'], 'B')}, peak {F.si(mem['peak_bytes'], 'B')} of "
         f"{F.si(mem['capacity_bytes'], 'B')}; largest batch that fits: {mem['max_batch']}"
         + ("" if mem["fits"] else "  ** DOES NOT FIT **")
@@ -92,3 +107,22 @@ def validation_table(df: pd.DataFrame) -> pd.DataFrame:
         "bound": df["predicted_bound"],
         "model/XLA FLOPs": df["flops_ratio"].map(lambda v: "-" if math.isnan(v) else f"{v:.3f}"),
     })
+
+
+def op_table_text(kind: str, table: pd.DataFrame, settings: dict) -> str:
+    """``fidoperf op`` for people: inputs as given, figures with SI prefixes."""
+    if "library" in settings:
+        head = f"{kind} on {settings['hardware']} ({settings['library']}); bytes per chip as nccl-tests counts them"
+    else:
+        head = (f"{kind} on {settings.get('hardware', '?')}, {settings.get('dtype', '')}, "
+                f"implementation {settings.get('implementation', '?')}, {settings.get('efficiency', '?')} model")
+    show = table.copy()
+    for col, unit in (("flops", "FLOP"), ("bytes", "B"), ("bytes_per_chip", "B")):
+        if col in show:
+            show[col] = show[col].map(lambda v, u=unit: F.si(v, u))
+    if "intensity" in show:
+        show["intensity"] = show["intensity"].map(lambda v: f"{v:.3g}")
+    for col in ("compute_s", "memory_s", "overhead_s", "latency_s", "transfer_s", "time_s"):
+        if col in show:
+            show[col] = show[col].map(F.seconds)
+    return head + "\n" + F.text_table(show)

@@ -24,6 +24,7 @@ from .hardware import (
     hardware_names,
     load_hardware,
 )
+from .interconnect import Interconnect, Nvls, Tier, interconnect_from_dict
 from .model import (
     STACK_FIELDS,
     ModelSpec,
@@ -41,7 +42,7 @@ from .yamlio import read_yaml
 
 __all__ = [
     "CURVE_AXES", "DTYPE_BYTES", "DTYPE_PRESETS", "EFFICIENCY_KEYS", "OP_KINDS", "STACK_FIELDS", "Curve",
-    "Hardware", "ModelSpec", "Sourced", "StackSpec", "Workload", "hardware_from_dict", "hardware_names",
-    "load_hardware", "load_model", "model_from_dict", "model_names", "override_model", "read_yaml",
-    "t5_family", "t5_sizes", "validate_stack",
+    "Hardware", "Interconnect", "ModelSpec", "Nvls", "Sourced", "StackSpec", "Tier", "Workload",
+    "hardware_from_dict", "hardware_names", "interconnect_from_dict", "load_hardware", "load_model",
+    "model_from_dict", "model_names", "override_model", "read_yaml", "t5_family", "t5_sizes", "validate_stack",
 ]

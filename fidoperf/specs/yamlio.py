@@ -14,6 +14,7 @@ import math
 import reprlib
 import sys
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -374,3 +375,26 @@ def resolve_path(name_or_path: str | Path, folder: str, names) -> Path:
             "or give a path to a YAML file)",
         )
     return path
+
+
+@dataclass(frozen=True)
+class Sourced:
+    """A figure and where it comes from."""
+
+    value: float | None
+    source: str
+    note: str = ""
+
+
+def sourced(f: Fields, key: str, nullable: bool = False, required: bool = True) -> Sourced | None:
+    """The ``{value, source, note}`` figure ``key`` of ``f`` (a number with its source)."""
+    if not f.has(key) and not required:
+        f.seen.add(key)
+        return None
+    g = Fields(f.raw(key), f.where, f.prefix + key + ".")
+    value = g.raw("value")
+    if not (nullable and value is None):
+        value = as_number(value, g.err, "value")
+    out = Sourced(value, g.str("source"), g.str("note", ""))
+    g.done()
+    return out

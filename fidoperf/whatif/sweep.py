@@ -8,7 +8,7 @@ fields as given (the first field changes slowest).
 How it is evaluated. The grid is split into groups by the categorical fields (model,
 encoder/decoder size, hardware, dtype, overlap). Inside a group every numeric field is
 one axis of a numpy array: a field varied over n values has shape (1, .., n, .., 1).
-The cost functions of :mod:`fidoperf.costmodel.ops` and :func:`fidoperf.costmodel.prediction.op_times` are
+The cost functions of :mod:`fidoperf.costmodel.ops` and :func:`fidoperf.costmodel.kernels.kernel_times` are
 called once per group with these arrays, and broadcasting evaluates every
 sub-expression only over the axes it depends on (the encoder over batch, passages and
 passage length; the self-attention cache over batch, kv heads and the step). The
@@ -56,7 +56,9 @@ import numpy as np
 import pandas as pd
 
 from ..costmodel import ops as costs
-from ..costmodel.prediction import OVERLAP_MODELS, Settings, op_times, stack_dims
+from ..costmodel import parallel
+from ..costmodel.kernels import EFFICIENCY_MODELS, kernel_times
+from ..costmodel.prediction import OVERLAP_MODELS, Settings, flash_rows
 from ..errors import SpecError
 from ..specs import (
     DTYPE_BYTES,
@@ -70,12 +72,21 @@ from ..specs import (
     t5_sizes,
     validate_stack,
 )
+from ..specs.implementation import IMPLEMENTATIONS
+from ..specs.layout import SHARD_KV, Layout, check_tensor_parallel
 
 WORKLOAD_INT_FIELDS = ("batch", "passages", "passage_len", "target_len")
 MODEL_INT_FIELDS = ("encoder_layers", "decoder_layers", "kv_heads", "cross_attn_every")
 INT_FIELDS = WORKLOAD_INT_FIELDS + MODEL_INT_FIELDS
-CATEGORICAL_FIELDS = ("model", "encoder_size", "decoder_size", "hardware", "dtype", "overlap")
-VARY_FIELDS = CATEGORICAL_FIELDS + INT_FIELDS
+CATEGORICAL_FIELDS = (
+    "model", "encoder_size", "decoder_size", "hardware", "dtype", "overlap", "efficiency", "implementation",
+    "shard_kv",
+)
+# Whole numbers that change the layout: each value is a group of its own, like the
+# categorical fields (0 in encoder_chips / decoder_chips: no separate pools).
+LAYOUT_FIELDS = ("chips", "tensor_parallel", "encoder_chips", "decoder_chips")
+GROUP_FIELDS = CATEGORICAL_FIELDS + LAYOUT_FIELDS
+VARY_FIELDS = GROUP_FIELDS + INT_FIELDS
 
 # Column order of the result: inputs, per-sample totals, memory, bound, resolved model.
 INPUT_COLUMNS = (
@@ -89,6 +100,13 @@ INPUT_COLUMNS = (
     "hardware",
     "dtype",
     "overlap",
+    "efficiency",
+    "implementation",
+    "chips",
+    "tensor_parallel",
+    "shard_kv",
+    "encoder_chips",
+    "decoder_chips",
     "batch",
     "passages",
     "passage_len",
@@ -112,12 +130,17 @@ FIGURE_COLUMNS = (
     "batch_time_s",
     "tokens_per_s",
     "decoder_share_of_time",
+    "comm_time_s",
+    "comm_exposed_s",
+    "chip_seconds_per_sample",
     "peak_memory_bytes",
 )
 RESOLVED_COLUMNS = ("decoder_kv_heads", "decoder_cross_attn_every", "decoder_cross_layers")
 COLUMNS = (
-    INPUT_COLUMNS + FIGURE_COLUMNS + ("max_batch", "fits", "decoder_bound") + RESOLVED_COLUMNS + ("error",)
+    INPUT_COLUMNS + FIGURE_COLUMNS + ("max_batch", "fits", "decoder_bound", "shipped") + RESOLVED_COLUMNS
+    + ("error",)
 )
+SHIPPED = ("encoder_outputs", "cross_kv")  # codes 0, 1; -1 (missing): no separate pools
 BOUNDS = ("compute", "memory")
 
 MAX_RANGE_VALUES = 1_000_000  # per field, before the grid is built
@@ -153,7 +176,7 @@ def parse_vary(specs: Iterable[str]) -> dict[str, list]:
             raise SpecError("--vary", field, f"empty value in {text!r}")
         values: list = []
         for item in items:
-            values.extend(_parse_item(field, item) if field in INT_FIELDS else [item])
+            values.extend(_parse_item(field, item) if field in INT_FIELDS + LAYOUT_FIELDS else [item])
         out[field] = values
     return check_vary(out)
 
@@ -201,7 +224,7 @@ def _check_vary(vary: Mapping[str, Sequence]) -> tuple[dict[str, list], dict[str
         if not values:
             raise SpecError("--vary", field, "no values")
         for v in values:
-            if field in INT_FIELDS:
+            if field in INT_FIELDS + LAYOUT_FIELDS:
                 if isinstance(v, bool) or not isinstance(v, (int, np.integer)):
                     raise SpecError("--vary", field, f"{v!r} is not a whole number")
                 if v < 1:
@@ -213,6 +236,12 @@ def _check_vary(vary: Mapping[str, Sequence]) -> tuple[dict[str, list], dict[str
                 raise SpecError("--vary", field, f"unknown dtype {v!r} (known: {', '.join(DTYPE_PRESETS)})")
             if field == "overlap" and v not in OVERLAP_MODELS:
                 raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(OVERLAP_MODELS)}")
+            if field == "efficiency" and v not in EFFICIENCY_MODELS:
+                raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(EFFICIENCY_MODELS)}")
+            if field == "shard_kv" and v not in SHARD_KV:
+                raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(SHARD_KV)}")
+            if field == "implementation" and v not in IMPLEMENTATIONS:
+                raise SpecError("--vary", field, f"{v!r} is not one of {', '.join(IMPLEMENTATIONS)}")
             if field in ("encoder_size", "decoder_size"):
                 sizes = sizes or t5_sizes()
                 if v not in sizes:
@@ -224,7 +253,7 @@ def _check_vary(vary: Mapping[str, Sequence]) -> tuple[dict[str, list], dict[str
                     loaded[field][v] = (load_model if field == "model" else load_hardware)(v)
                 except SpecError as err:
                     raise SpecError("--vary", field, f"{v!r}: {err}") from None
-        out[field] = [int(v) for v in values] if field in INT_FIELDS else values
+        out[field] = [int(v) for v in values] if field in INT_FIELDS + LAYOUT_FIELDS else values
     n = math.prod(len(v) for v in out.values())
     if n > MAX_GRID_POINTS:
         raise SpecError(
@@ -254,31 +283,35 @@ def sweep(
     vary: Mapping[str, Sequence] | None = None,
     settings: Settings | None = None,
     progress: bool = False,
+    layout: Layout | None = None,
 ) -> pd.DataFrame:
     """The full grid of ``vary`` (field -> values) around the base configuration.
 
     Fields not varied keep the base value. A varied ``model`` replaces the base model
     (loaded by name or path); sizes, layers, kv heads and K then apply to it as in
-    :func:`fidoperf.specs.override_model`. ``settings.efficiency`` holds for every row;
-    ``overlap`` may vary. One row per configuration; see :data:`COLUMNS`.
+    :func:`fidoperf.specs.override_model`. ``settings`` hold for every row unless
+    ``overlap``, ``efficiency`` or ``implementation`` vary (an implementation of None
+    is each chip's default, recorded per row). One row per configuration; see :data:`COLUMNS`.
     """
     base_workload = Workload() if base_workload is None else base_workload
     settings = Settings() if settings is None else settings
+    layout = Layout() if layout is None else layout
     vary, loaded = _check_vary(vary or {})
     fields = list(vary)
     shape = tuple(len(vary[f]) for f in fields)
     n_rows = math.prod(shape)
-    cat_fields = [f for f in fields if f in CATEGORICAL_FIELDS]
+    cat_fields = [f for f in fields if f in GROUP_FIELDS]
     num_fields = [f for f in fields if f in INT_FIELDS]
     nd = len(num_fields)
 
     # Every row is written by exactly one group, so the columns start empty.
     out = {c: np.empty(shape) for c in FIGURE_COLUMNS}
     # Whole numbers; max_batch and the resolved model are missing (NA) in error rows.
-    out.update({c: np.empty(shape, np.int64) for c in INT_FIELDS + ("max_batch",) + RESOLVED_COLUMNS})
+    out.update({c: np.empty(shape, np.int64) for c in INT_FIELDS + LAYOUT_FIELDS + ("max_batch",) + RESOLVED_COLUMNS})
     out.update({c: np.empty(shape, np.int32) for c in CATEGORICAL_FIELDS + ("error",)})
     out["fits"] = np.empty(shape, bool)
     out["decoder_bound"] = np.empty(shape, np.int8)
+    out["shipped"] = np.empty(shape, np.int8)
     cats: dict[str, dict[str, int]] = {c: {} for c in CATEGORICAL_FIELDS + ("error",)}
 
     # Numeric axes: varied numeric field k lies along axis k; the trailing axis is the
@@ -289,7 +322,7 @@ def sweep(
         sh[k] = len(vary[f])
         axes[f] = np.asarray(vary[f], dtype=float).reshape(sh)
 
-    ctx = _Context(base_model, base_hardware, base_workload, settings, loaded, axes, nd, cats)
+    ctx = _Context(base_model, base_hardware, base_workload, settings, loaded, axes, nd, cats, layout)
     bar = _progress_bar(n_rows, progress)
     try:
         for combo in itertools.product(*(range(len(vary[f])) for f in cat_fields)):
@@ -315,6 +348,7 @@ class _Context:
     axes: dict
     nd: int
     cats: dict
+    layout: Layout
     models: dict = dataclasses.field(default_factory=dict)
 
     def code(self, col: str, value: str | None) -> int:
@@ -343,7 +377,20 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
     hw_name = pick.get("hardware", ctx.base_hardware.name)
     dtype = pick.get("dtype", dtype_label(wl))
     overlap = pick.get("overlap", ctx.settings.overlap)
-    error = model = None
+    efficiency = pick.get("efficiency", ctx.settings.efficiency)
+    impl_name = pick.get("implementation", ctx.settings.implementation)
+    base = ctx.layout
+    lay_fields = {
+        "chips": pick.get("chips", base.chips),
+        "tensor_parallel": pick.get("tensor_parallel", base.tensor_parallel),
+        "shard_kv": pick.get("shard_kv", base.shard_kv),
+        "encoder_chips": pick.get("encoder_chips", base.encoder_chips),
+        "decoder_chips": pick.get("decoder_chips", base.decoder_chips),
+    }
+    for f in ("encoder_chips", "decoder_chips"):
+        if lay_fields[f] == 0:
+            lay_fields[f] = None
+    error = model = layout = None
     try:
         key = (pick.get("model"), pick.get("encoder_size"), pick.get("decoder_size"))
         if key not in ctx.models:
@@ -358,11 +405,28 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
         else:
             w_dt, a_dt, c_dt, comp_dt = wl.weight_dtype, wl.act_dtype, wl.kv_dtype, wl.compute_dtype
         hw.peak(comp_dt)  # a chip without this dtype: the whole group is infeasible
+        impl_name = impl_name or hw.default_implementation
+        layout = Layout(**lay_fields)
+        if not layout.single_chip and hw.interconnect is None:
+            raise SpecError(hw.path or hw.name, "interconnect",
+                            f"a layout of {layout.total_chips} chips needs the profile's interconnect block")
+        T = layout.tensor_parallel
+        for stack, heads in (("encoder", model.encoder.num_heads), ("decoder", model.decoder.num_heads)):
+            if heads % T:
+                raise SpecError("layout", "tensor_parallel", f"{T} does not divide the {heads} heads of the {stack}")
     except SpecError as err:
         error = str(err)
 
-    for col, value in (("model", model_name), ("hardware", hw_name), ("dtype", dtype), ("overlap", overlap)):
+    for col, value in (("model", model_name), ("hardware", hw_name), ("dtype", dtype), ("overlap", overlap),
+                       ("efficiency", efficiency), ("implementation", impl_name), ("shard_kv", lay_fields["shard_kv"])):
         dst[col][...] = ctx.code(col, value)
+    chips = (lay_fields["encoder_chips"] + lay_fields["decoder_chips"]
+             if lay_fields["encoder_chips"] and lay_fields["decoder_chips"]
+             else (lay_fields["chips"] or lay_fields["tensor_parallel"]))
+    for col, value in (("chips", chips), ("tensor_parallel", lay_fields["tensor_parallel"]),
+                       ("encoder_chips", lay_fields["encoder_chips"] or 0),
+                       ("decoder_chips", lay_fields["decoder_chips"] or 0)):
+        dst[col][...] = value
     for col, stack in (("encoder_size", "encoder"), ("decoder_size", "decoder")):
         size = getattr(model, stack).size if model is not None else None
         dst[col][...] = ctx.code(col, pick.get(col, size or None))
@@ -385,22 +449,25 @@ def _run_group(ctx: _Context, pick: dict, dst: dict) -> None:
             dst[col][...] = np.nan
         for col in ("max_batch",) + RESOLVED_COLUMNS:
             dst[col][...] = 0
-        dst["fits"][...], dst["decoder_bound"][...] = False, -1
+        dst["fits"][...], dst["decoder_bound"][...], dst["shipped"][...] = False, -1, -1
         dst["error"][...] = ctx.code("error", error)
         return
 
     G, K, Ld = X["kv_heads"], X["cross_attn_every"], X["decoder_layers"]
+    T = layout.tensor_parallel
     bad = (np.mod(model.decoder.num_heads, G) != 0) | (K > Ld)  # what validate_stack rejects
+    bad = bad | ((np.mod(G, T) != 0) & (np.mod(T, G) != 0))  # T and the kv heads must divide one another
     bad = _drop_t(np.broadcast_to(bad, np.broadcast_shapes(np.shape(bad), (1,) * (nd + 1))), nd)
-    dst["error"][...] = _error_codes(ctx, model, X, bad)
-    group_settings = dataclasses.replace(ctx.settings, overlap=overlap)
+    dst["error"][...] = _error_codes(ctx, model, X, bad, T)
+    group_settings = Settings(overlap=overlap, efficiency=efficiency, implementation=impl_name)
     dt = (DTYPE_BYTES[w_dt], DTYPE_BYTES[a_dt], DTYPE_BYTES[c_dt], comp_dt, a_dt)
-    _evaluate(model, hw, dt, group_settings, X, nd, bad if bad.any() else None, dst)
+    _evaluate(model, hw, dt, group_settings, X, nd, bad if bad.any() else None, dst, layout)
 
 
-def _error_codes(ctx: _Context, model: ModelSpec, X: dict, bad):
+def _error_codes(ctx: _Context, model: ModelSpec, X: dict, bad, T: int = 1):
     """Error codes (-1: none) over the axes of ``bad``, with the message
-    override_model would raise for each impossible (kv heads, K, decoder layers)."""
+    override_model (or the layout) would raise for each impossible (kv heads, K,
+    decoder layers)."""
     codes = np.full(bad.size, -1, np.int32)
     if not bad.any():
         return codes.reshape(bad.shape)
@@ -417,7 +484,8 @@ def _error_codes(ctx: _Context, model: ModelSpec, X: dict, bad):
             )
             try:
                 validate_stack(dec, "options", "decoder")
-                msg = "options: decoder: invalid combination"  # not reached: `bad` mirrors validate_stack
+                check_tensor_parallel(T, dec.num_heads, dec.num_kv_heads, "layout", "decoder")
+                msg = "options: decoder: invalid combination"  # not reached: `bad` mirrors the checks
             except SpecError as err:
                 msg = str(err)
             seen[key] = ctx.code("error", msg)
@@ -432,57 +500,76 @@ def _drop_t(x, nd: int):
 
 
 class _Sum:
-    """Running sums over ops of FLOPs, bytes, time, and the time of compute-bound calls."""
+    """Running sums over ops of FLOPs, bytes, time, interconnect time, and the time of
+    compute-bound calls."""
 
     def __init__(self):
-        self.flops = self.bytes = self.time = self.cbound = 0.0
+        self.flops = self.bytes = self.time = self.cbound = self.comm = 0.0
 
-    def add(self, op, compute_s, memory_s, time_s, bound: bool = True) -> None:
+    def add(self, op, k, bound: bool = True) -> None:
         self.flops = self.flops + op.flops
         self.bytes = self.bytes + op.bytes
-        self.time = self.time + time_s
+        self.time = self.time + k.time_s
+        self.comm = self.comm + k.comm_s
         if bound:
-            self.cbound = self.cbound + np.where(compute_s >= memory_s, time_s, 0.0)
+            self.cbound = self.cbound + np.where(k.compute_s >= k.memory_s, k.time_s, 0.0)
+
+
+def _times(op, args):
+    hw, comp_dt, act_dt, settings = args
+    return kernel_times(op, hw, comp_dt, act_dt, settings.efficiency, settings.overlap, settings.impl(hw))
 
 
 def _sum_ops(ops, args, bound: bool = False) -> _Sum:
     s = _Sum()
     for op in ops:
-        s.add(op, *op_times(op, *args), bound=bound)
+        s.add(op, _times(op, args), bound=bound)
     return s
 
 
 def _evaluate(
-    model: ModelSpec, hw: Hardware, dt, settings: Settings, X: dict, nd: int, bad, dst: dict
+    model: ModelSpec, hw: Hardware, dt, settings: Settings, X: dict, nd: int, bad, dst: dict, layout: Layout
 ) -> None:
     """Write the figures of one group into ``dst``. ``X`` maps each numeric field to a
     float or an array with nd + 1 axes (the last, of length 1, is the decoding step);
-    ``bad`` marks impossible rows (None: all possible), whose figures become NaN."""
+    ``bad`` marks impossible rows (None: all possible), whose figures become NaN. The
+    ops are those of one chip of a replica under ``layout`` (fidoperf.costmodel.parallel)."""
     w, a, c, comp_dt, act_dt = dt
     enc, dec = model.encoder, model.decoder
-    De, He, Ge, dke, Fe, ne = stack_dims(enc)
-    Dd, Hd, _, dkd, Fd, nd_in = stack_dims(dec)
-    V = model.vocab_size
+    Tp = layout.tensor_parallel
+    cd0 = parallel.chip_dims(model, dataclasses.replace(layout, shard_kv="heads"))
+    De, He, Ge, dke, Fe, ne = cd0.encoder
+    Dd, Hd, _, dkd, Fd, nd_in = cd0.decoder
+    V_out = cd0.vocab_out
     B, P, N, T = X["batch"], X["passages"], X["passage_len"], X["target_len"]
     G, K, Le, Ld = X["kv_heads"], X["cross_attn_every"], X["encoder_layers"], X["decoder_layers"]
+    G_c = np.where(Tp <= G, np.maximum(1, G // Tp), 1) if Tp > 1 else G  # kv heads one chip holds
+    batch_sharded = layout.shard_kv == "batch" and Tp > 1
+    cross_b = np.ceil(B / Tp) if batch_sharded else B
+    cross_h, cross_g = (dec.num_heads, G) if batch_sharded else (Hd, G_c)
     Lc = np.floor_divide(Ld, K)
     # NaN in the cross-layer count makes every figure of an impossible row NaN for free.
     nan_mask = 1.0 if bad is None else np.where(bad, np.nan, 1.0)
     Lc_m = Lc if bad is None else Lc * np.expand_dims(nan_mask, -1)
     args = (hw, comp_dt, act_dt, settings)
+    impl, rows = settings.impl(hw), flash_rows(hw)
 
     # Encoder: embedding, L identical layers, final norm. Cross-K/V: one projection per
     # decoder layer with cross-attention.
     embed_final = _sum_ops(
-        [costs.encoder_embed(De, B, P, N, w, a), costs.encoder_final(De, B, P, N, w, a)], args
+        [*costs.encoder_embed(De, B, P, N, w, a, impl), costs.encoder_final(De, B, P, N, w, a, impl)], args
     )
-    layer = _sum_ops(costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a), args)
-    kv = _sum_ops([costs.cross_kv_layer(De, G, dkd, B, P, N, w, a, c)], args)
+    layer = _sum_ops(costs.encoder_layer(De, He, Ge, dke, Fe, ne, B, P, N, w, a, impl, rows)
+                     + parallel.encoder_layer_comm(B * P * N, De, a, Tp), args)
+    kv = _sum_ops(costs.cross_kv_layer(De, cross_g, dkd, cross_b, P, N, w, a, c, impl), args)
     # Decoder: embedding and head once a step; layers summed over the steps 1 .. T,
     # split into the ops every layer has and those only cross-attention layers add.
-    head = _sum_ops([costs.decoder_embed(Dd, B, w, a), *costs.decoder_head(Dd, V, B, w, a)], args, bound=True)
+    head = _sum_ops([*costs.decoder_embed(Dd, B, w, a, impl), *costs.decoder_head(Dd, V_out, B, w, a, impl),
+                     *parallel.head_comm(B, Tp)], args, bound=True)
     plain, extra = _decoder_layer_steps(
-        lambda t, cross: costs.decoder_layer(Dd, Hd, G, dkd, Fd, nd_in, B, P, N, t, cross, w, a, c),
+        lambda t, cross: costs.decoder_layer(Dd, Hd, G_c, dkd, Fd, nd_in, B, P, N, t, cross, w, a, c, impl, rows,
+                                             cross_attention=(cross_b, cross_h, cross_g))
+        + parallel.decoder_layer_comm(B, Dd, Hd, dkd, a, Tp, cross, batch_sharded),
         (B, P, N, G),
         T,
         nd,
@@ -500,18 +587,44 @@ def _evaluate(
         np.multiply(sq(Lc_m), sq(getattr(extra, name)), out=into)
         return np.add(into, fixed, out=into)
 
-    enc = {n: sq(getattr(embed_final, n) + Le * getattr(layer, n)) for n in ("flops", "bytes", "time")}
-    kvs = {n: sq(Lc_m * getattr(kv, n)) for n in ("flops", "bytes", "time")}
+    enc = {n: sq(getattr(embed_final, n) + Le * getattr(layer, n)) for n in ("flops", "bytes", "time", "comm")}
+    kvs = {n: sq(Lc_m * getattr(kv, n)) for n in ("flops", "bytes", "time", "comm")}
     for n, col in (("flops", "decoder_flops"), ("bytes", "decoder_bytes"), ("time", "decoder_time_s")):
         decoder_total(n, dst[col])
+    dec_comm = decoder_total("comm", np.empty(dst["decoder_time_s"].shape))
     dec_t = dst["decoder_time_s"]  # batch level until divided by B below
     np.add(enc["time"] + kvs["time"], dec_t, out=dst["batch_time_s"])
     batch = dst["batch_time_s"]
+    comm = dec_comm + enc["comm"] + kvs["comm"]
+    ship_kv = None
+    if layout.pooled:
+        shipped = {}
+        for what in parallel.SHIP_OPTIONS:
+            nbytes = parallel.ship_bytes(what, B, P * N, De, Lc, G, dkd, a, c)
+            shipped[what] = sq(_times(parallel.transfer(what, nbytes, Tp), args).time_s)
+        ship_kv = shipped["cross_kv"] < shipped["encoder_outputs"]  # ties: the encoder outputs
+        transfer = np.where(ship_kv, shipped["cross_kv"], shipped["encoder_outputs"])
+        np.add(batch, transfer, out=batch)
+        enc_stage = enc["time"] + np.where(ship_kv, kvs["time"], 0.0)
+        dec_stage = dec_t + np.where(ship_kv, 0.0, kvs["time"])
+        er, dr = layout.encoder_replicas, layout.decoder_replicas
+        rate = np.minimum(np.minimum(er * Bs / enc_stage, dr * Bs / dec_stage),
+                          np.where(transfer > 0, min(er, dr) * Bs / np.where(transfer > 0, transfer, 1.0), np.inf))
+        np.copyto(dst["samples_per_s"], rate)
+        hidden = np.minimum(transfer, np.maximum(enc_stage / er, dec_stage / dr))
+        comm = comm + transfer
+        np.copyto(dst["shipped"], np.where(ship_kv, 1, 0), casting="unsafe")
+    else:
+        np.divide(layout.replicas * Bs, batch, out=dst["samples_per_s"])
+        hidden = 0.0
+        dst["shipped"][...] = -1
     np.divide(dec_t, Ts, out=dst["time_per_step_s"])
     np.divide(dec_t, batch, out=dst["decoder_share_of_time"])
-    np.divide(Bs, batch, out=dst["samples_per_s"])
-    np.divide(Bs * Ts, batch, out=dst["tokens_per_s"])
+    np.multiply(dst["samples_per_s"], Ts, out=dst["tokens_per_s"])
     np.divide(batch, Bs, out=dst["time_per_sample_s"])
+    np.divide(comm, Bs, out=dst["comm_time_s"])
+    np.divide(comm - hidden, Bs, out=dst["comm_exposed_s"])
+    np.divide(layout.total_chips, dst["samples_per_s"], out=dst["chip_seconds_per_sample"])
     # The roof that binds for most of the decoder time (each op call classified by its
     # larger term, as in the op table); ties go to memory.
     cbound = decoder_total("cbound", np.empty(dec_t.shape))
@@ -526,7 +639,10 @@ def _evaluate(
             np.add(total, dst[f"decoder_{phase}"], out=total)
     for col, value in zip(RESOLVED_COLUMNS, (G, K, Lc), strict=True):
         np.copyto(dst[col], sq(value), casting="unsafe")
-    _write_memory(model, hw, X, Lc, w, a, c, nd, dst)
+    cd = parallel.ChipDims(Tp, cd0.encoder, (Dd, Hd, G_c, dkd, Fd, nd_in), V_out,
+                           1.0 / Tp if batch_sharded else 1.0, cross_h, cross_g)
+    _write_memory(cd, model.vocab_size, X, Lc, G, w, a, c, nd, dst, impl.flash, layout, hw.hbm_capacity_bytes,
+                  ship_kv)
     if bad is not None:
         np.copyto(dst["peak_memory_bytes"], np.nan, where=bad)
         np.copyto(dst["fits"], False, where=bad)
@@ -547,7 +663,7 @@ def _decoder_layer_steps(layer_ops, arg_fields, T, nd: int, args) -> tuple[_Sum,
     max_t = int(T_arr.max())
     others = math.prod(np.broadcast_shapes(*(np.shape(x) for x in arg_fields)) or (1,))
     block = int(min(max_t, max(2, _T_BLOCK_ELEMENTS // max(1, others))))
-    names = ("flops", "bytes", "time", "cbound")
+    names = ("flops", "bytes", "time", "cbound", "comm")
     fixed = {"plain": _Sum(), "extra": _Sum()}
     carry = {k: dict.fromkeys(names, 0.0) for k in fixed}
     summed = {k: dict.fromkeys(names, 0.0) for k in fixed}
@@ -562,17 +678,17 @@ def _decoder_layer_steps(layer_ops, arg_fields, T, nd: int, args) -> tuple[_Sum,
             shared = {op.op for op in layer_ops(t, False)}
             plan = []
             for op in ops:
-                times = op_times(op, *args)
+                times = _times(op, args)
                 # The first block has two steps or more (unless T = 1 everywhere, when
                 # it does not matter), so an op that depends on t has a trailing axis > 1.
-                dep = any(np.ndim(x) and np.shape(x)[-1] > 1 for x in (op.flops, op.bytes, times[2]))
+                dep = any(np.ndim(x) and np.shape(x)[-1] > 1 for x in (op.flops, op.bytes, times.time_s))
                 kind = "plain" if op.op in shared else "extra"
                 plan.append((kind, dep))
-                (steps if dep else fixed)[kind].add(op, *times)
+                (steps if dep else fixed)[kind].add(op, times)
         else:
             for op, (kind, dep) in zip(ops, plan, strict=True):
                 if dep:
-                    steps[kind].add(op, *op_times(op, *args))
+                    steps[kind].add(op, _times(op, args))
         # Cumulative sums over this block, read where this block holds the row's T.
         in_block = (T_arr > t0) & (T_arr <= t1)
         pos = (np.clip(T_arr, t0 + 1, t1) - t0 - 1).astype(np.intp)
@@ -593,32 +709,19 @@ def _decoder_layer_steps(layer_ops, arg_fields, T, nd: int, args) -> tuple[_Sum,
     return out[0], out[1]
 
 
-def _write_memory(model: ModelSpec, hw: Hardware, X: dict, Lc, w, a, c, nd: int, dst: dict) -> None:
-    """``costs.memory_terms`` over the group's arrays, into peak_memory_bytes,
-    max_batch and fits."""
-    enc, dec = model.encoder, model.decoder
-    Dd, Hd, _, dkd, Fd, nd_in = stack_dims(dec)
-    m = costs.memory_terms(
-        *stack_dims(enc),
-        X["encoder_layers"],
-        Dd,
-        Hd,
-        X["kv_heads"],
-        dkd,
-        Fd,
-        nd_in,
-        X["decoder_layers"],
-        np.asarray(Lc, dtype=float),
-        model.vocab_size,
-        X["batch"],
-        X["passages"],
-        X["passage_len"],
-        X["target_len"],
-        w,
-        a,
-        c,
-        hw.hbm_capacity_bytes,
-    )
+def _write_memory(cd, vocab: int, X: dict, Lc, G, w, a, c, nd: int, dst: dict, flash: bool, layout: Layout,
+                  capacity, ship_kv) -> None:
+    """Per-chip memory (fidoperf.costmodel.parallel.chip_memory) over the group's arrays,
+    into peak_memory_bytes, max_batch and fits; with pools, for what each row ships."""
+    args = (cd, (X["encoder_layers"], X["decoder_layers"], np.asarray(Lc, dtype=float)), vocab, G, layout,
+            X["batch"], X["passages"], X["passage_len"], X["target_len"], w, a, c, capacity, flash)
+    if ship_kv is None:
+        m = parallel.chip_memory(*args)
+    else:
+        m_out = parallel.chip_memory(*args, ship="encoder_outputs")
+        m_kv = parallel.chip_memory(*args, ship="cross_kv")
+        pick = np.expand_dims(ship_kv, -1)
+        m = {k: np.where(pick, m_kv[k], m_out[k]) for k in ("peak_bytes", "max_batch", "fits")}
     for col, key in (("peak_memory_bytes", "peak_bytes"), ("max_batch", "max_batch"), ("fits", "fits")):
         np.copyto(dst[col], _drop_t(np.asarray(m[key]), nd), casting="unsafe")
 
@@ -635,6 +738,8 @@ def _frame(out: dict, cats: dict, n_rows: int) -> pd.DataFrame:
             data[col] = pd.Categorical.from_codes(x, categories=list(cats[col]))
         elif col == "decoder_bound":
             data[col] = pd.Categorical.from_codes(x, categories=list(BOUNDS))
+        elif col == "shipped":
+            data[col] = pd.Categorical.from_codes(x, categories=list(SHIPPED))
         elif col == "max_batch" or col in RESOLVED_COLUMNS:
             if missing is None:
                 missing = out["error"].reshape(n_rows) >= 0
