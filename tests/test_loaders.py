@@ -24,7 +24,7 @@ The whole file takes 17-20 s on a 2-core machine. Examples per run:
 | test_shipped_files_with_bytes_changed     | any shipped YAML with bytes inserted/deleted       |      100 |
 | test_read_table_any_bytes                 | random bytes -> read_table                         |      100 |
 | test_read_table_random_cells              | random valid CSV tables, half with one fault       |      100 |
-| test_any_bytes_on_the_command_line        | random bytes as `predict --hardware/--model FILE`  |       20 |
+| test_any_bytes_on_the_command_line        | random bytes as --hardware/--model/`op --input`    |       20 |
 | total                                     |                                                    |    1,400 |
 
 A valid result is checked too: positive finite figures, curves that evaluate, JSON
@@ -32,7 +32,8 @@ output, and (for a quarter of the generated profiles and models) a prediction.
 Fixed cases cover what random bytes rarely hit (a PNG header, NUL, Latin-1, UTF-16,
 the billion laughs, a recursive alias, deep nesting, a 5000-digit number, a bad date,
 duplicate keys, explicit tags, ...), and the command line: a binary ``--hardware``,
-``--model`` or ``--quality-file`` gives exit status 2 and one line "Error: <file>: ...".
+``--model`` or ``--quality-file`` gives exit status 2 and one line "Error: <file>: ..."
+(``op --input``: "Error: --input <file>: ...").
 """
 
 from __future__ import annotations
@@ -746,12 +747,23 @@ def test_binary_file_on_the_command_line(args, tmp_path):
     assert lines[0].startswith(f"Error: {path}: not a UTF-8 text file"), lines[0]
 
 
+def test_binary_shape_table_on_the_command_line(tmp_path):
+    path = tmp_path / "shapes.csv"
+    path.write_bytes(BINARY)
+    result = CliRunner().invoke(cli, ["op", "gemm", "--input", str(path)])
+    assert result.exit_code == 2, result.output
+    assert result.output.strip() == f"Error: --input {path}: not a UTF-8 text file (byte 0x89 at offset 0); " \
+                                    "expected a CSV table"
+
+
 @settings(max_examples=examples(20), **SETTINGS)
-@given(st.binary(max_size=200), st.sampled_from(["--hardware", "--model"]))
-def test_any_bytes_on_the_command_line(data, option):
+@given(st.binary(max_size=200), st.sampled_from([["predict", "--hardware"], ["predict", "--model"],
+                                                 ["op", "gemm", "--input"]]))
+def test_any_bytes_on_the_command_line(data, args):
     path = scratch(data, "cli.yaml")
-    result = CliRunner().invoke(cli, ["predict", option, str(path)])
+    result = CliRunner().invoke(cli, [*args, str(path)])
     assert result.exit_code == 2, result.output
     assert result.exception is None or isinstance(result.exception, SystemExit), repr(result.exception)
     lines = result.output.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"Error: {path}: "), result.output
+    prefix = "Error: --input " if args[0] == "op" else "Error: "
+    assert len(lines) == 1 and lines[0].startswith(f"{prefix}{path}: "), result.output
