@@ -38,12 +38,14 @@ duplicate keys, explicit tags, ...), and the command line: a binary ``--hardware
 
 from __future__ import annotations
 
+import atexit
 import copy
 import csv
 import dataclasses
 import io
 import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -71,6 +73,7 @@ SHIPPED = HARDWARE_FILES + MODEL_FILES + [T5_TABLE, quality_path()]
 # One temporary folder for all examples (hypothesis runs a test body many times; a
 # function-scoped tmp_path would be shared anyway).
 SCRATCH = Path(tempfile.mkdtemp(prefix="fidoperf-loaders-"))
+atexit.register(shutil.rmtree, SCRATCH, ignore_errors=True)
 
 
 def scratch(data: bytes | str, name: str = "spec.yaml") -> Path:
