@@ -2,6 +2,16 @@
 
 from __future__ import annotations
 
+import re
+
+# Characters that end a line (str.splitlines) or move the cursor: shown escaped, so a
+# key or value holding them cannot break the one-line message.
+_BREAKS = re.compile(r"[\x00-\x08\x0a-\x1f\x7f\x85\u2028\u2029]")
+
+
+def one_line(text: object) -> str:
+    return _BREAKS.sub(lambda m: repr(m.group())[1:-1], str(text))
+
 
 class SpecError(ValueError):
     """A spec file, a name or an option value is invalid.
@@ -11,7 +21,8 @@ class SpecError(ValueError):
     """
 
     def __init__(self, where: str, field: str, problem: str):
-        self.where = str(where)
-        self.field = field
-        self.problem = problem
-        super().__init__(f"{self.where}: {field}: {problem}" if field else f"{self.where}: {problem}")
+        self.where = one_line(where)
+        self.field = one_line(field)
+        self.problem = one_line(problem)
+        parts = (self.where, self.field, self.problem) if self.field else (self.where, self.problem)
+        super().__init__(": ".join(parts))

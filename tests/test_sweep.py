@@ -377,8 +377,8 @@ def test_cli_missing_folder_fails_before_work(tmp_path):
     (["--vary", "batch=9:1"], "empty range"),
     (["--batch", "3", "--vary", "batch=1,2"], "--batch"),
     (["--vary", "hardware=tpu-v99"], "tpu-v99"),
-    (["--kv-heads", "0"], "--kv-heads: must be at least 1"),
-    (["--kv-heads", "5"], "no valid configuration: options: decoder.num_kv_heads"),
+    (["--kv-heads", "0"], "'--kv-heads': 0 is not in the range x>=1"),
+    (["--kv-heads", "5"], "--kv-heads: 5 key/value heads do not divide 12 query heads"),
     (["--vary", "batch=100000,200000"], "no configuration fits in memory"),
 ])
 def test_cli_bad_vary_is_one_line_exit_2(args, words):

@@ -13,6 +13,8 @@ from pathlib import Path
 import click
 
 FORMATS = ("table", "csv", "json", "markdown")
+# Whole-number options are checked by click, whose one-line message names the option.
+WHOLE = click.IntRange(min=1)
 
 
 class InputError(click.ClickException):
@@ -30,24 +32,25 @@ def model_options(f):
     opts = [
         click.option("--model", "-m", default="fido-base", show_default=True,
                      help="Shipped model name (see `fidoperf list`) or a model YAML file."),
-        click.option("--kv-heads", type=int, help="Decoder key/value heads (self and cross): 1 = MQA."),
-        click.option("--cross-attn-every", type=int, help="K: cross-attention in decoder layers with (i+1) % K == 0."),
+        click.option("--kv-heads", type=WHOLE, help="Decoder key/value heads (self and cross): 1 = MQA."),
+        click.option("--cross-attn-every", type=WHOLE,
+                     help="K: cross-attention in decoder layers with (i+1) % K == 0."),
         click.option("--encoder-size", help="Replace the encoder by this T5 v1.1 size (small ... xxl)."),
         click.option("--decoder-size", help="Replace the decoder by this T5 v1.1 size (small ... xxl)."),
-        click.option("--decoder-layers", type=int, help="Number of decoder layers."),
-        click.option("--encoder-layers", type=int, help="Number of encoder layers."),
+        click.option("--decoder-layers", type=WHOLE, help="Number of decoder layers."),
+        click.option("--encoder-layers", type=WHOLE, help="Number of encoder layers."),
     ]
     return functools.reduce(lambda g, o: o(g), reversed(opts), f)
 
 
 def workload_options(f):
     opts = [
-        click.option("--passages", "-p", type=int, default=40, show_default=True, help="Passages per sample."),
-        click.option("--passage-len", type=int, default=256, show_default=True,
+        click.option("--passages", "-p", type=WHOLE, default=40, show_default=True, help="Passages per sample."),
+        click.option("--passage-len", type=WHOLE, default=256, show_default=True,
                      help="Tokens per passage, question included."),
-        click.option("--target-len", type=int, default=32, show_default=True,
+        click.option("--target-len", type=WHOLE, default=32, show_default=True,
                      help="Generated tokens (decoding steps)."),
-        click.option("--batch", "-b", type=int, default=24, show_default=True, help="Samples decoded together."),
+        click.option("--batch", "-b", type=WHOLE, default=24, show_default=True, help="Samples decoded together."),
         click.option("--dtype", default="bf16", show_default=True,
                      type=click.Choice(["bf16", "fp16", "fp32", "tf32", "int8", "fp8"]),
                      help="Weights/activations/KV cache and matmul rate; int8 and fp8 quantise the weights "
@@ -108,20 +111,72 @@ def output_option(help_text="Write to this file instead of standard output."):
     return click.option("--output", "-o", type=click.Path(path_type=Path), help=help_text)
 
 
+# --------------------------------------------------------------------------- errors name the options
+# The library names its own fields (``workload: batch``, ``options: decoder.num_kv_heads``);
+# the builders below turn those into the option the user typed.
+
+WORKLOAD_OPTIONS = {
+    "passages": "--passages", "passage_len": "--passage-len", "target_len": "--target-len", "batch": "--batch",
+    "weight_dtype": "--dtype", "act_dtype": "--dtype", "kv_dtype": "--dtype", "compute_dtype": "--dtype",
+}
+# A model field -> the overrides that change it, the one that sets it directly first.
+MODEL_OPTIONS = {
+    "decoder.num_kv_heads": ("kv_heads", "decoder_size"),
+    "decoder.cross_attn_every": ("cross_attn_every", "decoder_layers", "decoder_size"),
+    "decoder.num_layers": ("decoder_layers", "decoder_size"),
+    "encoder.num_layers": ("encoder_layers", "encoder_size"),
+}  # any other field of a stack: its --encoder-size / --decoder-size
+
+
+def option_name(param: str) -> str:
+    return "--" + param.replace("_", "-")
+
+
+def model_option_error(err, given: dict):
+    """The SpecError of ``override_model`` (where "options", field "decoder.num_kv_heads")
+    as one naming the option: ``--kv-heads: ...``; when the field was not set directly but
+    follows from another option (K of the model larger than --decoder-layers), that option
+    and the field: ``--decoder-layers: decoder.cross_attn_every: ...``."""
+    from ..errors import SpecError
+
+    if err.where != "options":
+        return err
+    stack = err.field.split(".")[0]
+    related = MODEL_OPTIONS.get(err.field, (f"{stack}_size",))
+    for i, param in enumerate(related):
+        if param in given:
+            direct = i == 0 and not param.endswith("_size")
+            return SpecError(option_name(param), "" if direct else err.field, err.problem)
+    return err
+
+
 def build_model(model, kv_heads=None, cross_attn_every=None, encoder_size=None, decoder_size=None,
                 decoder_layers=None, encoder_layers=None, **_):
+    from ..errors import SpecError
     from ..specs import load_model, override_model
 
-    return override_model(load_model(model), kv_heads=kv_heads, cross_attn_every=cross_attn_every,
-                          encoder_size=encoder_size, decoder_size=decoder_size,
-                          decoder_layers=decoder_layers, encoder_layers=encoder_layers)
+    given = {k: v for k, v in dict(kv_heads=kv_heads, cross_attn_every=cross_attn_every,
+                                   encoder_size=encoder_size, decoder_size=decoder_size,
+                                   decoder_layers=decoder_layers, encoder_layers=encoder_layers).items()
+             if v is not None}
+    base = load_model(model)
+    try:
+        return override_model(base, **given)
+    except SpecError as err:
+        raise model_option_error(err, given) from None
 
 
 def build_workload(passages, passage_len, target_len, batch, dtype, **_):
+    from ..errors import SpecError
     from ..specs import Workload
 
-    return Workload.with_dtype(dtype, passages=passages, passage_len=passage_len,
-                               target_len=target_len, batch=batch)
+    try:
+        return Workload.with_dtype(dtype, passages=passages, passage_len=passage_len,
+                                   target_len=target_len, batch=batch)
+    except SpecError as err:
+        if err.where == "workload" and err.field in WORKLOAD_OPTIONS:
+            raise SpecError(WORKLOAD_OPTIONS[err.field], "", err.problem) from None
+        raise
 
 
 def build_layout(chips=None, tensor_parallel=1, shard_kv="heads", encoder_chips=None, decoder_chips=None, **_):

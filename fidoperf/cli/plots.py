@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from .options import (
+    WHOLE,
     InputError,
     build_layout,
     build_settings,
@@ -39,8 +40,9 @@ def load_variant(text: str):
     every 4th decoder layer, named as written."""
     from ..errors import SpecError
     from ..specs import load_model, override_model
+    from ..specs.yamlio import is_file
 
-    if Path(text).is_file() or "+" not in text:
+    if is_file(text) or "+" not in text:
         return load_model(text)
     base, *mods = text.split("+")
     changes: dict = {}
@@ -59,7 +61,13 @@ def load_variant(text: str):
             raise SpecError(
                 "--model", "", f"unknown what-if {mod!r} in {text!r} (known: +mqa, +lsa, +lsa<K>, +kv<G>)"
             ) from None
-    return override_model(load_model(base), **changes).replace(name=text)
+    try:
+        model = override_model(load_model(base), **changes)
+    except SpecError as err:  # the library names its field; the user typed --model NAME+...
+        if err.where != "options":
+            raise
+        raise SpecError("--model", text, err.problem) from None
+    return model.replace(name=text)
 
 
 def _figure_output(output: Path | None) -> None:
@@ -329,12 +337,12 @@ def quality(hardware, output, quality_file, **kw):
     "--model", "-m", "models", multiple=True, default=PLAN_MODELS, show_default=True, help=VARIANT_HELP
 )
 @hardware_option(multiple=True)
-@click.option("--passages", "-p", type=int, default=40, show_default=True, help="Passages per query.")
+@click.option("--passages", "-p", type=WHOLE, default=40, show_default=True, help="Passages per query.")
 @click.option(
-    "--passage-len", type=int, default=256, show_default=True, help="Tokens per passage, question included."
+    "--passage-len", type=WHOLE, default=256, show_default=True, help="Tokens per passage, question included."
 )
 @click.option(
-    "--target-len", type=int, default=32, show_default=True, help="Generated tokens (decoding steps)."
+    "--target-len", type=WHOLE, default=32, show_default=True, help="Generated tokens (decoding steps)."
 )
 @click.option(
     "--dtype",

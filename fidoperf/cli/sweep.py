@@ -7,6 +7,7 @@ import click
 from .options import (
     InputError,
     build_layout,
+    build_model,
     build_settings,
     build_workload,
     check_writable,
@@ -123,6 +124,10 @@ def sweep(ctx, vary_specs, output, time_limit_ms, memory_limit_gb, top, hardware
             except SpecError as err:
                 raise InputError(f"--{f.replace('_', '-')}: {err.problem}") from None
         vary = check_vary({**vary, **fixed})
+        if not any(f in vary for f in ("model", *MODEL_OVERRIDES) if f not in fixed):
+            # One model for the whole grid: an override that cannot apply to it is an
+            # error in that option, not a grid of invalid rows.
+            build_model(**options)
 
     base_model = load_model(options["model"])
     base_hw = load_hardware(hardware)

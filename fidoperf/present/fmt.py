@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime
 import json
 import math
 from typing import Any
@@ -52,7 +53,7 @@ def _json_default(o):
         return None if not np.isfinite(o) else float(o)
     if isinstance(o, np.ndarray):
         return o.tolist()
-    if isinstance(o, (pd.Timestamp,)):
+    if isinstance(o, (pd.Timestamp, datetime.date)):  # also a YAML date in a profile's `measured`
         return o.isoformat()
     if o is pd.NA:
         return None

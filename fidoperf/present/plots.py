@@ -889,46 +889,55 @@ def quality_path() -> Path:
 
 def load_quality(path: str | Path | None = None) -> pd.DataFrame:
     """The published exact-match table (``fidoperf/data/quality.yaml`` by default),
-    checked: unknown or missing fields, unknown datasets and EM outside 0-100 raise
-    :class:`SpecError`. Missing figures are NaN."""
-    from ..specs import read_yaml
+    checked: unknown or missing fields, unknown datasets and models, EM outside 0-100
+    raise :class:`SpecError` naming the file, row and field, whatever the file holds.
+    Missing figures are NaN."""
+    from ..specs import model_names, read_yaml
+    from ..specs.yamlio import MAX_WHOLE, is_file, shown
 
     path = Path(path) if path is not None else quality_path()
     data = read_yaml(path)
-    extra = sorted(set(data) - {"rows"})
-    if extra:
-        raise SpecError(path, str(extra[0]), "unknown field")
+    for key in data:
+        if key != "rows":
+            raise SpecError(path, shown(key) if not isinstance(key, str) else key, "unknown field")
     rows = data.get("rows")
     if not isinstance(rows, list) or not rows:
-        raise SpecError(path, "rows", "expected a non-empty list of rows")
+        raise SpecError(path, "rows", f"expected a non-empty list of rows, got {shown(rows)}")
     out = []
+    known = model_names()
     for i, r in enumerate(rows):
         where = f"rows[{i}]"
         if not isinstance(r, dict):
-            raise SpecError(path, where, "expected a mapping")
-        unknown = sorted(set(r) - set(QUALITY_FIELDS))
-        if unknown:
-            raise SpecError(path, f"{where}.{unknown[0]}", "unknown field")
+            raise SpecError(path, where, f"expected a mapping, got {shown(r)}")
+        for key in r:
+            if key not in QUALITY_FIELDS:
+                raise SpecError(path, f"{where}.{key if isinstance(key, str) else shown(key)}", "unknown field")
         for key in ("model", "dataset", "source"):
             if not isinstance(r.get(key), str) or not r[key].strip():
-                raise SpecError(path, f"{where}.{key}", f"expected a non-empty string, got {r.get(key)!r}")
+                raise SpecError(path, f"{where}.{key}", f"expected a non-empty string, got {shown(r.get(key))}")
+        for key in ("setting", "note"):
+            if r.get(key) is not None and not isinstance(r[key], str):
+                raise SpecError(path, f"{where}.{key}", f"expected text or null, got {shown(r[key])}")
         if r["dataset"] not in QUALITY_DATASETS:
             raise SpecError(
                 path,
                 f"{where}.dataset",
-                f"unknown dataset {r['dataset']!r} (known: {', '.join(QUALITY_DATASETS)})",
+                f"unknown dataset {shown(r['dataset'])} (known: {', '.join(QUALITY_DATASETS)})",
             )
         em = r.get("exact_match")
         if em is not None and (
             isinstance(em, bool) or not isinstance(em, (int, float)) or not 0 <= em <= 100
         ):
-            raise SpecError(path, f"{where}.exact_match", f"expected a percentage 0-100 or null, got {em!r}")
+            raise SpecError(path, f"{where}.exact_match", f"expected a percentage 0-100 or null, got {shown(em)}")
         p = r.get("passages")
-        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or p < 1):
-            raise SpecError(path, f"{where}.passages", f"expected a whole number >= 1 or null, got {p!r}")
+        if p is not None and (isinstance(p, bool) or not isinstance(p, int) or not 1 <= p <= MAX_WHOLE):
+            raise SpecError(path, f"{where}.passages", f"expected a whole number >= 1 or null, got {shown(p)}")
         fm = r.get("fidoperf_model")
-        if fm is not None and not isinstance(fm, str):
-            raise SpecError(path, f"{where}.fidoperf_model", f"expected a model name or null, got {fm!r}")
+        if fm is not None and (not isinstance(fm, str) or not fm.strip()):
+            raise SpecError(path, f"{where}.fidoperf_model", f"expected a model name or null, got {shown(fm)}")
+        if fm is not None and fm not in known and not is_file(fm):
+            raise SpecError(path, f"{where}.fidoperf_model",
+                            f"unknown model {shown(fm)} (known: {', '.join(known)}; or a model YAML file)")
         out.append(
             {
                 "model": r["model"],

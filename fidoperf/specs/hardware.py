@@ -14,7 +14,7 @@ from ..errors import SpecError
 from .dtypes import DTYPE_BYTES
 from .implementation import IMPLEMENTATIONS
 from .interconnect import Interconnect, interconnect_from_dict
-from .yamlio import Fields, Sourced, as_number, data_dir, read_yaml, resolve_path
+from .yamlio import Fields, Sourced, as_number, check_plain, data_dir, read_yaml, resolve_path
 from .yamlio import sourced as _sourced
 
 OP_KINDS = ("matmul", "attention", "softmax", "vector", "gather")
@@ -312,8 +312,9 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
     kernel_model = _kernel_model(f.raw("kernel_model", None), where)
     f.seen.add("interconnect")
     measured = f.raw("measured", {})
+    m = Fields({} if measured is None else measured, where, "measured.")  # a mapping whatever the kind
+    check_plain(m.data, f.err, "measured")  # free-form, but it goes into JSON output
     if kind == "measured":
-        m = Fields(measured, where, "measured.")
         for key in ("machine", "date", "versions"):
             m.raw(key)
     hw = Hardware(

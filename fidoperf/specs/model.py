@@ -62,7 +62,29 @@ STACK_FIELDS = ("num_layers", "emb_dim", "num_heads", "num_kv_heads", "head_dim"
 @functools.lru_cache(maxsize=1)
 def t5_family() -> dict[str, Any]:
     """The T5 v1.1 sizes and vocabulary (models/sizes/t5-v1.1.yaml)."""
-    return read_yaml(data_dir("models") / "sizes" / "t5-v1.1.yaml")
+    path = data_dir("models") / "sizes" / "t5-v1.1.yaml"
+    return check_family(read_yaml(path), str(path))
+
+
+def check_family(data: Mapping[str, Any], where: str) -> dict[str, Any]:
+    """A table of T5 sizes, checked: ``vocab_size``, and ``sizes`` mapping each name to
+    the stack fields but ``num_kv_heads`` (whole numbers >= 1)."""
+    f = Fields(data, where)
+    f.str("source", "")
+    f.int("vocab_size")
+    sizes = Fields(f.raw("sizes"), where, "sizes.")
+    for name in sizes.data:
+        if not isinstance(name, str):
+            raise sizes.err(name, "a size name must be text")
+        g = Fields(sizes.raw(name), where, f"sizes.{name}.")
+        for key in STACK_FIELDS:
+            if key != "num_kv_heads" or g.has(key):
+                g.int(key)
+        g.done()
+    if not sizes.data:
+        raise f.err("sizes", "needs at least one size")
+    f.done()
+    return dict(data)
 
 
 def t5_sizes() -> dict[str, dict[str, Any]]:
