@@ -1,4 +1,5 @@
-"""`fidoperf calibrate`, `fidoperf bench`, `fidoperf validate`: measurements through JAX."""
+"""`fidoperf calibrate`, `fidoperf bench`, `fidoperf validate`: measurements through JAX,
+or (``--framework torch``) through PyTorch eager and Hugging Face's T5."""
 
 from __future__ import annotations
 
@@ -16,10 +17,11 @@ def _device_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from ..measure.timing import DeviceError
+        from ..measure.torch_eager import TorchMissing
 
         try:
             return fn(*args, **kwargs)
-        except DeviceError as err:
+        except (DeviceError, TorchMissing) as err:
             raise InputError(str(err)) from None
 
     return wrapper
@@ -57,14 +59,18 @@ def _records_text(records, fmt: str, extra: dict | None = None) -> str:
                    "Default: fp32 on CPU, bf16 and fp32 on accelerators.")
 @output_option("Write the profile YAML here (default: print it).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress lines on stderr.")
+@click.option("--framework", type=click.Choice(["jax", "torch"]), default="jax", show_default=True,
+              help="Measure through JAX (compiled: the xla implementation) or PyTorch eager (the profile makes "
+                   "the eager implementation its default; needs pip install 'fidoperf[torch]').")
 @_device_errors
-def calibrate(level, dtypes, output, quiet):
-    """Measure this device through JAX and write a hardware profile.
+def calibrate(level, dtypes, output, quiet, framework):
+    """Measure this device through JAX (or PyTorch) and write a hardware profile.
 
     Peak matmul FLOP/s per dtype, matmul and attention efficiency by rows, cold
     streaming bandwidth by size for decoding's access patterns, and fixed costs per
-    call and per op. The YAML has the shipped schema (kind: measured, with machine,
-    date and versions) and works at once as `--hardware FILE` with every command.
+    call and per op (PyTorch: the dispatch cost of one framework operation). The YAML
+    has the shipped schema (kind: measured, with machine, date and versions) and
+    works at once as `--hardware FILE` with every command.
     """
     from ..measure.calibrate import calibrate as run
     from ..measure.calibrate import dump_profile
@@ -72,18 +78,28 @@ def calibrate(level, dtypes, output, quiet):
     from ..specs import hardware_from_dict
 
     check_writable(output)
-    if not dtypes:
-        dtypes = ("fp32",) if import_jax().devices()[0].platform == "cpu" else ("bf16", "fp32")
-    profile = run(level, dtypes, log=None if quiet else _echo_err)
+    if framework == "torch":
+        from ..measure.torch_eager import calibrate as run_torch
+
+        if dtypes and dtypes != ("fp32",):
+            raise InputError("--dtype: calibrating through PyTorch measures fp32 only")
+        profile = run_torch(level, log=None if quiet else _echo_err)
+    else:
+        if not dtypes:
+            dtypes = ("fp32",) if import_jax().devices()[0].platform == "cpu" else ("bf16", "fp32")
+        profile = run(level, dtypes, log=None if quiet else _echo_err)
     text = dump_profile(profile)
     hardware_from_dict(profile, "calibrated profile")  # the written file must load
     write_output(text, output)
     if output:
         peaks = ", ".join(f"{k} {v['value'] / 1e9:.1f} GFLOP/s" for k, v in profile["peak_flops_per_s"].items())
         bw = profile["memory"]["bandwidth_bytes_per_s"]["value"]
-        _echo_err(f"wrote {output}: peak {peaks}, bandwidth {bw / 1e9:.1f} GB/s, overhead "
-                  f"{profile['overhead_s_per_call']['value'] * 1e6:.1f} µs/call, "
-                  f"{profile['overhead_s_per_op']['value'] * 1e6:.2f} µs/op")
+        if framework == "torch":
+            fixed = f"dispatch {profile['dispatch_s_per_op']['value'] * 1e6:.2f} µs per operation"
+        else:
+            fixed = (f"overhead {profile['overhead_s_per_call']['value'] * 1e6:.1f} µs/call, "
+                     f"{profile['overhead_s_per_op']['value'] * 1e6:.2f} µs/op")
+        _echo_err(f"wrote {output}: peak {peaks}, bandwidth {bw / 1e9:.1f} GB/s, {fixed}")
 
 
 @click.command()
@@ -140,16 +156,23 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
               help="Also write the profile calibrated for this run.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--memory-limit-gb", type=float, default=10.0, show_default=True)
+@click.option("--framework", type=click.Choice(["jax", "torch"]), default="jax", show_default=True,
+              help="jax: the JAX layer cases; torch: FiD on Hugging Face's T5 in PyTorch eager (random weights, "
+                   "no download), predicted with the eager implementation.")
 @format_option(("table", "csv", "json"))
 @output_option("Write the results here (.csv or .json) instead of standard output.")
 @_device_errors
-def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb, fmt, output):
+def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb, framework, fmt, output):
     """Predict every benchmark case, run it, and compare.
 
     Prints predicted and measured time per case with their ratio, then the median
     and 90th-percentile absolute relative error and the predicted and measured
     speedups of MQA over MHA, of layer-sparse over full cross-attention, and of both.
+    With --framework torch: FiD-Small and FiD-Base on Hugging Face's T5, total,
+    encoder and decoder times apart.
     """
+    if framework == "torch":
+        return _validate_torch(suite, hardware, calibration, save_profile, fmt, output)
     import pandas as pd
 
     from ..measure.bench import run_cases
@@ -191,4 +214,53 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
         text = human
     write_output(text, output)
     if output:  # the file holds the data; the terminal still gets the table
+        click.echo(human)
+
+
+def _validate_torch(suite, hardware, calibration, save_profile, fmt, output):
+    import pandas as pd
+
+    from ..measure.calibrate import dump_profile
+    from ..measure.torch_eager import calibrate as run_calibration
+    from ..measure.torch_eager import environment, summary, validate
+    from ..present import fmt as F
+    from ..specs import hardware_from_dict, load_hardware
+
+    check_writable(output)
+    check_writable(save_profile)
+    fmt = _suffix_format(output, fmt)
+    if hardware is None:
+        _echo_err(f"calibrating this machine through PyTorch ({calibration}) ...")
+        profile = run_calibration(calibration)
+        hw = hardware_from_dict(profile, "calibrated profile")
+        if save_profile:
+            write_atomic(save_profile, dump_profile(profile).encode())
+    else:
+        hw = load_hardware(hardware)
+    env = environment()
+    records = validate(hw, suite, log=_echo_err)
+    df = pd.DataFrame(records)
+    s = summary(records)
+    view = pd.DataFrame({
+        "case": df["case"], "measured": df["measured_s"].map(F.seconds), "predicted": df["predicted_s"].map(F.seconds),
+        "pred/meas": df["ratio"].map(lambda v: f"{v:.2f}"),
+        "encoder pred/meas": df["encoder_ratio"].map(lambda v: f"{v:.2f}"),
+        "decoder pred/meas": df["decoder_ratio"].map(lambda v: f"{v:.2f}"),
+        "spread": df["spread"].map(lambda v: f"{100 * v:.0f}%" + (" !" if v > 0.25 else ""))})
+    human = (f"{env['cpu']} through PyTorch {env['torch']} ({env['torch_threads']} threads), transformers "
+             f"{env['transformers']}, {env['date']}, load {env['load_average_1min']}; profile {hw.name}\n"
+             + F.text_table(view) + "\n\n"
+             + f"{s['cases']} settings: total median |error| {100 * s['median_abs_rel_error']:.1f}% "
+               f"(90th percentile {100 * s['p90_abs_rel_error']:.1f}%), encoder "
+               f"{100 * s['encoder_median_abs_rel_error']:.1f}%, decoder "
+               f"{100 * s['decoder_median_abs_rel_error']:.1f}%")
+    meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite, "framework": "torch"}
+    if fmt == "json":
+        text = F.to_json({**meta, "summary": s, "cases": records})
+    elif fmt == "csv":
+        text = df.to_csv(index=False)
+    else:
+        text = human
+    write_output(text, output)
+    if output:
         click.echo(human)

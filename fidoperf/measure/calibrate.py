@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .timing import RandomPool, copies_for, environment, import_jax, time_compiled
+from .timing import CALIBRATION_COPIES, RandomPool, copies_for, environment, import_jax, time_compiled
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 3, 4, 12, 16, 64),
@@ -53,7 +53,7 @@ class Calibrator:
         measurement dominated by fixed costs says little about rates."""
         args = make()
         compiled = self.jax.jit(fn).lower(*args).compile()
-        copies = copies_for(working_bytes) if cold else 1
+        copies = copies_for(working_bytes, CALIBRATION_COPIES) if cold else 1
         sets = [args] + [make() for _ in range(copies - 1)]
         t = time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s
         return max(t - fixed, 0.25 * t)
@@ -280,3 +280,42 @@ def _plain(obj):
     if isinstance(obj, np.integer):
         return int(obj)
     return obj
+
+
+def profile_problems(profile: dict) -> list[str]:
+    """What makes a calibrated profile implausible, whatever the machine: no timing, only
+    the shape of what was measured. A streaming rate that does not fall for small
+    transfers (fixed costs always cost small transfers more per byte), a fixed cost per
+    operation or call of zero for a framework that has one, a matmul efficiency that
+    falls with more rows (the curves are running maxima), fractions of peak outside
+    (0, 1], a non-positive peak. Returns one line per problem (empty: none)."""
+    problems = []
+    for dtype, fig in profile.get("peak_flops_per_s", {}).items():
+        if not fig.get("value") or fig["value"] <= 0:
+            problems.append(f"peak_flops_per_s.{dtype}: not positive")
+    bw = profile.get("memory", {}).get("bandwidth_bytes_per_s", {}).get("value")
+    if not bw or bw <= 0:
+        problems.append("memory.bandwidth_bytes_per_s: not positive")
+    for key, c in profile.get("efficiency", {}).items():
+        pts = c.get("points")
+        if pts is None:
+            v = c.get("value", 1.0)
+            if not 0 < v <= 1.0:
+                problems.append(f"efficiency.{key}: {v} is not a fraction of peak in (0, 1]")
+            continue
+        fracs = [p[1] for p in pts]
+        if any(not 0 < f <= 1.0 for f in fracs):
+            problems.append(f"efficiency.{key}: a point outside (0, 1]")
+        if c.get("by") == "bytes" and len(pts) > 1 and fracs[0] > 1.1 * min(fracs[1:]):
+            problems.append(f"efficiency.{key}: the smallest transfer streams faster than a larger one "
+                            f"({fracs[0]:.2f} against {min(fracs[1:]):.2f} of peak): small transfers were "
+                            "measured from a cache, or fixed costs were not taken off")
+        if c.get("by") == "rows" and any(b < a for a, b in zip(fracs, fracs[1:])):
+            problems.append(f"efficiency.{key}: falls with more rows (expected a running maximum)")
+    framework = profile.get("measured", {}).get("framework", "jax")
+    if framework == "torch":
+        if not profile.get("dispatch_s_per_op", {}).get("value"):
+            problems.append("dispatch_s_per_op: zero; every PyTorch operation costs its dispatch")
+    elif profile.get("kind") == "measured" and not profile.get("overhead_s_per_call", {}).get("value"):
+        problems.append("overhead_s_per_call: zero; every call of a compiled function has a fixed cost")
+    return problems

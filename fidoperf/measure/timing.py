@@ -135,11 +135,18 @@ class Timing:
                 "input_copies": self.copies, "spread": self.spread, "noisy": self.noisy}
 
 
-def copies_for(working_set_bytes: float) -> int:
-    """How many input copies make every call read its inputs from main memory."""
+def copies_for(working_set_bytes: float, max_copies: int = MAX_COPIES) -> int:
+    """How many input copies make every call read its inputs from main memory: enough
+    that COLD_BYTES of other data pass between two uses of one copy, at most
+    ``max_copies`` (the calibration takes as many as it needs: a small transfer that
+    returns to its copy after less than the last cache level's size is measured from
+    that cache, and how much of the cache a VM gets depends on its neighbours)."""
     if working_set_bytes <= 0:
         return 1
-    return int(min(MAX_COPIES, max(1, np.ceil(COLD_BYTES / working_set_bytes))))
+    return int(min(max_copies, max(1, np.ceil(COLD_BYTES / working_set_bytes))))
+
+
+CALIBRATION_COPIES = 8192  # enough to rotate 16 KiB transfers through COLD_BYTES
 
 
 def time_compiled(compiled, arg_sets, *, min_time_s: float = 0.3, min_repeats: int = 7,
