@@ -39,8 +39,8 @@ import fidoperf as fp
 from fidoperf.present import plots
 from fidoperf.present.fmt import text_table
 from fidoperf.present.plan_report import best_table, summary_line
-from fidoperf.whatif.plan import ASSUMPTIONS, plan
 from fidoperf.sweep import best, parse_vary, sweep
+from fidoperf.whatif.plan import ASSUMPTIONS, plan
 
 pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 30)

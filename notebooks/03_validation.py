@@ -48,10 +48,10 @@ from IPython.display import Markdown, display
 from matplotlib.ticker import FuncFormatter, LogLocator
 
 from fidoperf.measure import bench, validate
-from fidoperf.present.report import validation_table
 from fidoperf.measure.calibrate import calibrate
-from fidoperf.specs import hardware_from_dict
 from fidoperf.measure.timing import environment
+from fidoperf.present.report import validation_table
+from fidoperf.specs import hardware_from_dict
 
 pd.set_option("display.width", 160)
 pd.set_option("display.max_colwidth", 80)
