@@ -1,31 +1,36 @@
 """The notebooks in notebooks/: run from scratch in a real Jupyter kernel, and checked as committed.
 
-Each execution test starts a fresh ``python3`` kernel of the interpreter running the
-tests (a kernelspec written into a temporary JUPYTER_DATA_DIR, searched first; JUPYTER_RUNTIME_DIR,
-JUPYTER_CONFIG_DIR, IPYTHONDIR and MPLCONFIGDIR also point into ``tmp_path``, so
-nothing is written in the home directory), runs every cell with the notebook's folder
-as the working directory, fails on the first error or when the notebook overruns its
-time limit, and then checks the outputs against numbers computed here. The committed
-files are read, never written; a test checks they are left untouched.
+Every notebook is a jupytext percent script (``notebooks/NN_name.py``, the source) paired
+with a committed ``NN_name.ipynb`` that holds the same cells and their outputs.
+
+Each execution test reads the script with jupytext and runs it in a fresh ``python3``
+kernel of the interpreter running the tests (a kernelspec written into a temporary
+JUPYTER_DATA_DIR, searched first; JUPYTER_RUNTIME_DIR, JUPYTER_CONFIG_DIR, IPYTHONDIR and
+MPLCONFIGDIR also point into ``tmp_path``, so nothing is written in the home directory;
+this checkout comes first on the kernel's PYTHONPATH), with the notebook's folder as the
+working directory; it fails on the first error or when the notebook overruns its time
+limit, and then checks the outputs against numbers computed here. The committed files
+are read, never written; a test checks they are left untouched.
 
 Without a kernel: the committed notebooks carry their outputs (no errors, every code
-cell executed, figures present), stay under 1.5 MB, and hold exactly the cells that
-notebooks/build_notebooks.py builds.
+cell executed, figures present), stay under 1.5 MB, are paired with their scripts, and
+hold exactly their scripts' cells (resync with ``jupytext --sync notebooks/*.py``).
 
-Notebook 03 runs JAX benchmarks on this machine (30-50 s on 2 CPU cores), hence
+Notebook 03 runs JAX benchmarks on this machine (30-70 s on 2 CPU cores), hence
 ``slow``; it still runs in the default test command.
 """
 
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 
+import jupytext
 import nbformat
 import pytest
 from nbclient import NotebookClient
@@ -33,6 +38,7 @@ from nbclient import NotebookClient
 REPO_ROOT = Path(__file__).resolve().parent.parent
 NB_DIR = REPO_ROOT / "notebooks"
 NOTEBOOKS = ["01_fido_analysis.ipynb", "02_what_if.ipynb", "03_validation.ipynb"]
+PAIRING = "ipynb,py:percent"  # jupytext formats: each .ipynb with its percent script
 TIMEOUT_S = {"01": 300, "02": 300, "03": 900}  # whole notebook, on a loaded 2-core CPU
 MAX_BYTES = 1_500_000
 
@@ -54,6 +60,8 @@ def kernel_env(tmp_path, monkeypatch):
         (tmp_path / sub).mkdir()
         monkeypatch.setenv(var, str(tmp_path / sub))
     monkeypatch.setenv("JUPYTER_PREFER_ENV_PATH", "0")  # in a venv Jupyter would search the venv first
+    # The kernel runs in notebooks/: import the fidoperf of this checkout, not an installed one.
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH")) if p))
     spec_dir = tmp_path / "jupyter-data" / "kernels" / "python3"
     spec_dir.mkdir(parents=True)
     spec = {
@@ -69,16 +77,18 @@ def kernel_env(tmp_path, monkeypatch):
     return tmp_path
 
 
+def script(name: str) -> Path:
+    """The jupytext script of notebook ``name`` (01_fido_analysis.ipynb -> 01_fido_analysis.py)."""
+    return (NB_DIR / name).with_suffix(".py")
+
+
 def execute(name: str) -> nbformat.NotebookNode:
-    """Run the committed notebook ``name`` from scratch in memory; returns it with the
-    new outputs. Raises CellExecutionError on the first failing cell."""
-    path = NB_DIR / name
-    before = hashlib.sha256(path.read_bytes()).hexdigest()
+    """Run notebook ``name``, read from its script, from scratch in memory; returns it
+    with the outputs. Raises CellExecutionError on the first failing cell."""
+    paths = [NB_DIR / name, script(name)]
+    before = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
     listing = sorted(p.name for p in NB_DIR.iterdir())
-    nb = nbformat.read(path, as_version=4)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            cell.outputs, cell.execution_count = [], None
+    nb = jupytext.read(script(name))
     limit = TIMEOUT_S[name[:2]]
     start = time.monotonic()
     client = NotebookClient(
@@ -94,7 +104,8 @@ def execute(name: str) -> nbformat.NotebookNode:
     client.execute()
     elapsed = time.monotonic() - start
     assert elapsed <= limit, f"{name} took {elapsed:.0f} s, over its {limit} s limit"
-    assert hashlib.sha256(path.read_bytes()).hexdigest() == before, f"executing {name} changed the file"
+    after = [hashlib.sha256(p.read_bytes()).hexdigest() for p in paths]
+    assert after == before, f"executing {name} changed its committed files"
     assert sorted(p.name for p in NB_DIR.iterdir()) == listing, f"executing {name} wrote into notebooks/"
     return nb
 
@@ -164,27 +175,32 @@ def test_committed_notebook_has_outputs_no_errors_and_is_small(name):
     assert nb.metadata["kernelspec"]["name"] == "python3"
 
 
-def _builder():
-    """notebooks/build_notebooks.py as a module (no __pycache__ left in notebooks/)."""
-    spec = importlib.util.spec_from_file_location("build_notebooks", NB_DIR / "build_notebooks.py")
-    module = importlib.util.module_from_spec(spec)
-    dont_write, sys.dont_write_bytecode = sys.dont_write_bytecode, True
-    try:
-        spec.loader.exec_module(module)
-    finally:
-        sys.dont_write_bytecode = dont_write
-    return module
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_is_paired_with_its_script(name):
+    nb = nbformat.read(NB_DIR / name, as_version=4)
+    assert nb.metadata.get("jupytext", {}).get("formats") == PAIRING, f"{name} is not paired with its script"
+    text = jupytext.read(script(name))
+    assert text.metadata["jupytext"]["formats"] == PAIRING, f"{script(name).name}: header lacks {PAIRING}"
+    assert text.metadata["kernelspec"]["name"] == "python3"
 
 
 @pytest.mark.parametrize("name", NOTEBOOKS)
-def test_committed_cells_are_the_built_ones(name):
-    """The .ipynb files are generated: editing one by hand, or the builder without
-    rebuilding, fails here (rebuild with `python notebooks/build_notebooks.py`)."""
-    built = _builder().build(name)
-    committed = nbformat.read(NB_DIR / name, as_version=4)
-    assert [(c.cell_type, c.source) for c in committed.cells] == [
-        (c.cell_type, c.source) for c in built.cells
-    ]
+def test_committed_cells_are_the_scripts(name):
+    """The .ipynb files follow their scripts: editing a script without resyncing, or
+    the .ipynb alone, fails here. Outputs and metadata are not compared."""
+    expected = [(c.cell_type, c.source) for c in jupytext.read(script(name)).cells]
+    committed = [(c.cell_type, c.source) for c in nbformat.read(NB_DIR / name, as_version=4).cells]
+    resync = "resync with `jupytext --sync notebooks/*.py` (or `python notebooks/run_notebooks.py` to execute too)"
+    for i, (want, got) in enumerate(zip(expected, committed), start=1):
+        assert got == want, (
+            f"{name} differs from {script(name).name} first at cell {i} of {len(expected)}:\n"
+            f"--- {name} ({got[0]}):\n{got[1][:400]}\n--- {script(name).name} ({want[0]}):\n{want[1][:400]}\n"
+            f"--- {resync}"
+        )
+    assert len(committed) == len(expected), (
+        f"{name} has {len(committed)} cells, {script(name).name} {len(expected)}: the first "
+        f"{min(len(committed), len(expected))} agree; {resync}"
+    )
 
 
 # --------------------------------------------------------------------------- executed from scratch
