@@ -214,13 +214,18 @@ def test_notebook_01_fido_analysis(kernel_env):
     rows = table_rows(nb, "decoder speedup vs FiD-Base")
     for label in ("FiD-Base", "+LSA (K=6)", "FiDO-Base", "FiDO-Base-XL", "FiDO-Large-XXL", "FiD-Large"):
         assert label in rows, f"time table lacks the {label} row: {rows}"
-    assert images(nb) >= 2  # roofline and breakdown
+    assert images(nb) >= 4  # roofline, breakdown, derated per chip, scaling
+    side = "\n".join(x for x in texts(nb) if "derated / roofline" in x)
+    for needle in ("FiD-Base", "FiDO-Base", "FiDO-Large-XXL", "tpu-v4", "a100-80gb", "h100-sxm"):
+        assert needle in side, f"the roofline/derated table lacks {needle}"
+    multi = "\n".join(x for x in texts(nb) if "communication share" in x)
+    assert "fido-large-xxl" in multi and "TP 8" in multi
     # The notebook's key numbers are fidoperf's for the paper's setting on TPU v4.
     key = json_line(nb, "key numbers: ")
-    tpu, wl = fp.load_hardware("tpu-v4"), fp.Workload()
-    fid = fp.predict(fp.load_model("fid-base"), tpu, wl).totals
-    fido = fp.predict(fp.load_model("fido-base"), tpu, wl).totals
-    xxl = fp.predict(fp.load_model("fido-large-xxl"), tpu, wl).totals
+    tpu, wl, roof = fp.load_hardware("tpu-v4"), fp.Workload(), fp.Settings(efficiency="roofline")
+    fid = fp.predict(fp.load_model("fid-base"), tpu, wl, roof).totals
+    fido = fp.predict(fp.load_model("fido-base"), tpu, wl, roof).totals
+    xxl = fp.predict(fp.load_model("fido-large-xxl"), tpu, wl, roof).totals
     assert (key["hardware"], key["batch"], key["passages"]) == ("tpu-v4", wl.batch, wl.passages)
     expected = {
         "fid_base_time_per_sample_s": fid["time_per_sample_s"],
