@@ -76,11 +76,9 @@ def efficiency() -> str:
             rows.append([name, f"efficiency.{key}", value, c.source.replace("|", "/")])
         for key, s in sorted(hw.kernel_model.sources.items()):
             rows.append([name, f"kernel_model.{key}", getattr(hw.kernel_model, key), s.source.replace("|", "/")])
-        for impl in ("xla", "tuned", "eager"):
-            if impl in hw.overheads_by_implementation:
-                rows.append([name, f"overhead_s_per_op.{impl}", hw.overheads_by_implementation[impl], ""])
-        src = hw.sources.get("overhead_s_per_op")
-        rows.append([name, "overhead_s_per_op", f"{hw.overhead_s_per_op:g}", (src.source if src else "")])
+        for key, s in sorted(hw.sources.items()):
+            if key.startswith(("overhead_s_per_op", "dispatch_s_per_op")):
+                rows.append([name, key, f"{s.value:g}", s.source.replace("|", "/")])
     return table(rows, ["profile", "figure", "value", "source"])
 
 

@@ -306,6 +306,12 @@ def hardware_from_dict(data: Mapping[str, Any], where: str) -> Hardware:
     overhead_op, by_impl = _overheads(f, "overhead_s_per_op")
     overhead_call = _overhead(f, "overhead_s_per_call")
     dispatch = _overhead(f, "dispatch_s_per_op")
+    for key in ("overhead_s_per_op", "overhead_s_per_call", "dispatch_s_per_op"):  # keep their sources
+        raw = f.data.get(key)
+        entries = {key: raw} if isinstance(raw, Mapping) and "value" in raw else {
+            f"{key}.{k}": v for k, v in (raw.items() if isinstance(raw, Mapping) else ()) if isinstance(v, Mapping)}
+        for figure, entry in entries.items():
+            sources[figure] = Sourced(entry.get("value"), str(entry.get("source", "")), str(entry.get("note", "")))
     default_impl = f.str("default_implementation", "xla")
     if default_impl not in IMPLEMENTATIONS:
         raise f.err("default_implementation", f"must be one of {', '.join(IMPLEMENTATIONS)}, got {default_impl!r}")
