@@ -176,8 +176,8 @@ def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
         ("p", f"Every layout of every model and chip, one unit each (a replica of T chips, or one set of encoder "
               f"and decoder pools), with what became of it: {layouts_line(p)}. 'alone ms' is the latency of a "
               "request served alone (the pruning test), 'chip-s/query' the predicted chip-seconds per query at "
-              "the largest batch (the order of evaluation), 'capacity' what a unit serves with its queue never "
-              "empty."),
+              "the largest batch (divided by the headroom 1 - alone / target, the order of evaluation), "
+              "'capacity' what a unit serves with its queue never empty."),
         ("table", layouts_table(p)),
     ]
     for f in figures:

@@ -22,11 +22,14 @@ Layouts are pruned before any simulation when one request does not fit a chip's
 memory, or when a request served alone (``predict``'s batch-1 time under the layout,
 from the simulation's own op lists, plus the static policy's batching wait) already
 misses the target; the survivors are
-simulated in order of predicted chip-seconds per query at their largest batch, and one
-whose unit, even at the capacity it serves with its queue never empty, would need more
-chips than the cheapest plan found so far is dropped after that one capacity run. A time
-budget bounds the searches: the layouts left when it runs out are reported as not
-evaluated (each pair evaluates at least one layout). Within a pair every chip costs the
+simulated in order of predicted chip-seconds per query at their largest batch divided by
+the headroom (1 - lone latency / target), and one whose unit, even at the capacity it
+serves with its queue never empty (which bounds any rate its search can find), would
+need more chips than the cheapest plan found so far is dropped after that one capacity
+run. A time budget bounds the searches: every pair evaluates its most promising layout,
+then the pair that has had the least time so far evaluates its next one, until the
+budget runs out (a search under way is finished); the layouts left are reported as not
+evaluated. Within a pair every chip costs the
 same, so the cheapest layout is the one with the fewest chips (then the lower latency).
 
 A pair is feasible when some layout meets the target; the ranking is by cost, then chips.
@@ -157,11 +160,13 @@ def assumptions(sp: ServingPlan) -> list[str]:
         "not fit a chip's memory, or when a request served alone (`fidoperf predict` at batch 1 under the layout"
         + (f", plus the {sp.max_wait_ms:g} ms batching wait" if sp.policy == "static" else "")
         + ") misses the target; the others are simulated in order of predicted chip-seconds per query at their "
-        "largest batch, and one whose unit would need more chips than the cheapest plan found so far even at "
-        "the capacity it serves with its queue never empty is dropped after that one run.",
-        f"Time budget: {sp.time_budget_s:g} s of wall time for the whole plan, shared out over the (model, chip) "
-        "pairs in turn (a pair may use what an earlier one left); each pair evaluates at least one layout, and "
-        "layouts left when its share runs out are listed as not evaluated.",
+        "largest batch divided by the headroom (1 - lone latency / target), and one whose unit would need more "
+        "chips than the cheapest plan found so far even at the capacity it serves with its queue never empty "
+        "(which bounds any rate its search could find) is dropped after that one run.",
+        f"Time budget: {sp.time_budget_s:g} s of wall time for the whole plan: every (model, chip) pair evaluates "
+        "its most promising layout, then the pair that has had the least time so far evaluates its next one, "
+        "until the budget runs out (a search under way is finished); the layouts left are listed as not "
+        "evaluated (a larger budget may find a cheaper plan).",
         f"Rate per unit = the highest arrival rate whose {sp.percentile:g}th percentile latency meets the target on "
         f"one unit of the layout (one replica, or one set of pools), searched by bisection in log(rate) "
         f"({sp.requests} simulated requests per rate, the first 10% left out, seed {sp.seed}, {100 * sp.rel_tol:g}% "
@@ -307,6 +312,7 @@ LAYOUT_COLUMNS = [
     "lone_latency_s",
     "peak_bytes_per_chip",
     "chip_seconds_per_query",
+    "expected_chip_seconds_per_query",
     "capacity_per_unit_qps",
     "rate_per_unit_qps",
     "latency_s",
@@ -320,8 +326,10 @@ LAYOUT_COLUMNS = [
 not fit, a lone request misses the target, or cannot beat the cheapest found),
 "evaluated" (rate searched; rate 0 when no rate meets the target) or "not evaluated"
 (the time budget ran out); lone_latency_s and peak_bytes_per_chip: ``predict`` at batch
-1; chip_seconds_per_query: ``predict`` at the largest batch (the order of evaluation);
-search_s: wall time spent on the layout's simulations."""
+1; chip_seconds_per_query: ``predict`` at the largest batch; the layouts are evaluated
+in order of expected_chip_seconds_per_query = chip_seconds_per_query / (1 - lone latency
+/ target) (the closer a lone request comes to the target, the less of the capacity
+queueing leaves usable); search_s: wall time spent on the layout's simulations."""
 
 PRUNED, EVALUATED, NOT_EVALUATED = "pruned", "evaluated", "not evaluated"
 
@@ -381,6 +389,9 @@ def _screen(model: ModelSpec, hw: Hardware, wl: Workload, settings: Settings, sp
     else:
         per_s = layout.replicas * b / sum(ph.values())
     rec["chip_seconds_per_query"] = layout.total_chips / per_s
+    # the order of evaluation: queueing leaves less of the capacity usable the closer a
+    # lone request comes to the target, so the figure is divided by the headroom left
+    rec["expected_chip_seconds_per_query"] = rec["chip_seconds_per_query"] / (1.0 - floor / latency_s)
     return rec
 
 
@@ -398,6 +409,131 @@ class PairPlan:
     layouts: pd.DataFrame
 
 
+class _PairSearch:
+    """The layout search of one (model, chip) pair, one layout at a time (so that
+    :func:`plan` can take the pairs in turns): screened at construction, then
+    :meth:`step` evaluates the most promising layout left (module docstring)."""
+
+    def __init__(self, model: ModelSpec, hw: Hardware, workload: Workload, qps: float, latency_s: float,
+                 price: Price, serving: ServingPlan, settings: Settings):
+        self.model, self.hw, self.workload, self.qps, self.latency_s = model, hw, workload, qps, latency_s
+        self.price, self.serving, self.settings = price, serving, settings
+        self.layouts = candidate_layouts(model, hw, serving.layouts, serving.pool_ratios)
+        self.recs = [_screen(model, hw, workload, settings, serving, latency_s, L) for L in self.layouts]
+        self.order = sorted((i for i, r in enumerate(self.recs) if r["status"] is None),
+                            key=lambda i: (self.recs[i]["expected_chip_seconds_per_query"],
+                                           self.recs[i]["chips_per_unit"]))
+        self.best: tuple[int, float, int] | None = None  # (chips, latency, index) of the cheapest feasible so far
+        self.searches: dict[int, RateSearch] = {}
+        self.evaluated = 0
+        self.spent_s = 0.0  # wall time of this pair's simulations so far
+
+    @property
+    def pending(self) -> bool:
+        return bool(self.order)
+
+    def step(self) -> None:
+        """Evaluate the next layout: one capacity run, and the rate search unless that
+        capacity cannot beat the cheapest plan found so far."""
+        t0 = time.monotonic()
+        try:
+            self._step()
+        finally:
+            self.spent_s += time.monotonic() - t0
+
+    def _step(self) -> None:
+        i = self.order.pop(0)
+        rec, L, sp = self.recs[i], self.layouts[i], self.serving
+        t0 = time.monotonic()
+        sv = Serving(sp.policy, sp.max_batch, sp.max_wait_ms / 1e3, 1, 0.0, L, rec["shipped"])
+        prep = prepare(self.model, self.hw, self.workload, arrivals=sp.arrivals, cv=sp.cv, requests=sp.requests,
+                       seed=sp.seed, serving=sv, settings=self.settings)
+        rec["capacity_per_unit_qps"] = prep.capacity_qps
+        top = steady_load_limit(sp.requests)
+        fewest = math.ceil(self.qps / (top * prep.capacity_qps) - 1e-9) * L.total_chips
+        if self.best is not None and fewest > self.best[0]:
+            rec.update(status=PRUNED, search_s=time.monotonic() - t0,
+                       reason=f"cannot beat the cheapest found ({self.best[0]} chips): even at {100 * top:.3g}% of "
+                              f"its capacity ({prep.capacity_qps:.4g} queries/s per unit) it needs {fewest} chips")
+            return
+        search = search_rate(prep, target_s=self.latency_s, percentile=sp.percentile, rel_tol=sp.rel_tol)
+        self.evaluated += 1
+        self.searches[i] = search
+        rec.update(status=EVALUATED, search_s=time.monotonic() - t0, rate_per_unit_qps=search.rate_qps)
+        if search.rate_qps <= 0:
+            rec["reason"] = f"latency target not met: {search.reason}"
+            return
+        units = int(math.ceil(self.qps / search.rate_qps - 1e-9))
+        chips = units * L.total_chips
+        rec.update(latency_s=search.latency_s, units=units, chips=chips,
+                   cost_per_million_usd=chips * self.price.usd_per_chip_hour / (self.qps * 3600.0) * 1e6)
+        if self.best is None or (chips, search.latency_s) < self.best[:2]:
+            self.best = (chips, search.latency_s, i)
+
+    def stop(self) -> None:
+        """The time is up: list the layouts left as not evaluated."""
+        for i in self.order:
+            self.recs[i].update(status=NOT_EVALUATED, reason="the time budget ran out")
+        self.order = []
+
+    def result(self) -> PairPlan:
+        model, hw, qps, price, workload = self.model, self.hw, self.qps, self.price, self.workload
+        serving, recs = self.serving, self.recs
+        row = _empty_row(model, hw, serving, price)
+        fitting = [r for r in recs if not r["reason"].startswith("does not fit")]
+        row.update(fits=bool(fitting), layouts_considered=len(recs))
+        if fitting:
+            row["floor_latency_s"] = min(r["lone_latency_s"] for r in fitting) + (
+                serving.max_wait_ms / 1e3 if serving.policy == "static" else 0.0)
+        table = pd.DataFrame(recs, columns=LAYOUT_COLUMNS)
+        counts = table["status"].value_counts()
+        row.update(layouts_pruned=int(counts.get(PRUNED, 0)), layouts_evaluated=int(counts.get(EVALUATED, 0)),
+                   layouts_not_evaluated=int(counts.get(NOT_EVALUATED, 0)))
+        if self.best is None:
+            row["reason"] = _infeasible_reason(recs, hw)
+            return PairPlan(row, pd.DataFrame(columns=CANDIDATE_COLUMNS), None, None, table)
+        chips, _, i = self.best
+        table.loc[i, "chosen"] = True
+        L, rec, search = self.layouts[i], recs[i], self.searches[i]
+        pts = search.points.copy()
+        with np.errstate(divide="ignore"):
+            pts["chips"] = np.where(pts["rate_qps"] > 0, np.ceil(qps / pts["rate_qps"] - 1e-9) * L.total_chips,
+                                    np.nan)
+        pts["cost_per_million_usd"] = pts["chips"] * price.usd_per_chip_hour / (qps * 3600.0) * 1e6
+        pts.insert(0, "layout", rec["layout"])
+        pts.insert(0, "hardware", hw.name)
+        pts.insert(0, "model", model.name)
+        s = search.summary
+        r = search.rate_qps
+        batch_cap = int(search.settings["batch_cap"])
+        batch = int(max(1, min(batch_cap, round(s["mean_decode_batch"]))))
+        pred = predict(model, hw, workload.replace(batch=batch), self.settings, L)
+        energy = hw.tdp_w * chips / qps if hw.tdp_w is not None else np.nan
+        row.update(
+            **_layout_fields(L),
+            shipped=rec["shipped"],
+            units=rec["units"],
+            max_batch=batch_cap,
+            batch=batch,
+            batch_time_s=pred.totals["batch_time_s"],
+            latency_s=search.latency_s,
+            latency_p50_s=s["latency_p50_s"],
+            latency_ok=True,
+            rate_per_unit_qps=r,
+            throughput_per_chip_qps=r / L.total_chips,
+            capacity_per_chip_qps=search.capacity_qps / L.total_chips,
+            utilisation=s["utilisation"],
+            chips=chips,
+            peak_bytes=pred.memory["peak_bytes"],
+            memory_fraction=pred.memory["peak_bytes"] / hw.hbm_capacity_bytes,
+            energy_per_query_j=energy,
+            energy_per_million_j=energy * 1e6,
+            cost_per_million_usd=chips * price.usd_per_chip_hour / (qps * 3600.0) * 1e6,
+            feasible=True,
+        )
+        return PairPlan(row, pts[CANDIDATE_COLUMNS], pred, search, table)
+
+
 def evaluate_pair(
     model: ModelSpec,
     hw: Hardware,
@@ -413,96 +549,11 @@ def evaluate_pair(
     pruned or simulated (module docstring), the cheapest that meets the load chosen.
     ``deadline``: a ``time.monotonic()`` after which no further layout is evaluated
     (the first one always is)."""
-    row = _empty_row(model, hw, serving, price)
-    layouts = candidate_layouts(model, hw, serving.layouts, serving.pool_ratios)
-    recs = [_screen(model, hw, workload, settings, serving, latency_s, L) for L in layouts]
-    order = sorted((i for i, r in enumerate(recs) if r["status"] is None),
-                   key=lambda i: (recs[i]["chip_seconds_per_query"], recs[i]["chips_per_unit"]))
-    fitting = [r for r in recs if not r["reason"].startswith("does not fit")]
-    row.update(fits=bool(fitting), layouts_considered=len(recs))
-    if fitting:
-        row["floor_latency_s"] = min(r["lone_latency_s"] for r in fitting) + (
-            serving.max_wait_ms / 1e3 if serving.policy == "static" else 0.0)
-    best: tuple[int, float, int] | None = None  # (chips, latency, index) of the cheapest feasible so far
-    searches: dict[int, RateSearch] = {}
-    evaluated = 0
-    top = steady_load_limit(serving.requests)
-    for i in order:
-        rec, L = recs[i], layouts[i]
-        if evaluated and deadline is not None and time.monotonic() > deadline:
-            rec.update(status=NOT_EVALUATED, reason="the time budget ran out")
-            continue
-        t0 = time.monotonic()
-        sv = Serving(serving.policy, serving.max_batch, serving.max_wait_ms / 1e3, 1, 0.0, L, rec["shipped"])
-        prep = prepare(model, hw, workload, arrivals=serving.arrivals, cv=serving.cv, requests=serving.requests,
-                       seed=serving.seed, serving=sv, settings=settings)
-        rec["capacity_per_unit_qps"] = prep.capacity_qps
-        fewest = math.ceil(qps / (top * prep.capacity_qps) - 1e-9) * L.total_chips
-        if best is not None and fewest > best[0]:
-            rec.update(status=PRUNED, search_s=time.monotonic() - t0,
-                       reason=f"cannot beat the cheapest found ({best[0]} chips): even at {100 * top:.3g}% of its "
-                              f"capacity ({prep.capacity_qps:.4g} queries/s per unit) it needs {fewest} chips")
-            continue
-        search = search_rate(prep, target_s=latency_s, percentile=serving.percentile, rel_tol=serving.rel_tol)
-        evaluated += 1
-        searches[i] = search
-        rec.update(status=EVALUATED, search_s=time.monotonic() - t0, rate_per_unit_qps=search.rate_qps)
-        if search.rate_qps <= 0:
-            rec["reason"] = f"latency target not met: {search.reason}"
-            continue
-        units = int(math.ceil(qps / search.rate_qps - 1e-9))
-        chips = units * L.total_chips
-        rec.update(latency_s=search.latency_s, units=units, chips=chips,
-                   cost_per_million_usd=chips * price.usd_per_chip_hour / (qps * 3600.0) * 1e6)
-        if best is None or (chips, search.latency_s) < best[:2]:
-            best = (chips, search.latency_s, i)
-    table = pd.DataFrame(recs, columns=LAYOUT_COLUMNS)
-    counts = table["status"].value_counts()
-    row.update(layouts_pruned=int(counts.get(PRUNED, 0)), layouts_evaluated=int(counts.get(EVALUATED, 0)),
-               layouts_not_evaluated=int(counts.get(NOT_EVALUATED, 0)))
-    empty = pd.DataFrame(columns=CANDIDATE_COLUMNS)
-    if best is None:
-        row["reason"] = _infeasible_reason(recs, hw)
-        return PairPlan(row, empty, None, None, table)
-    chips, _, i = best
-    table.loc[i, "chosen"] = True
-    L, rec, search = layouts[i], recs[i], searches[i]
-    pts = search.points.copy()
-    with np.errstate(divide="ignore"):
-        pts["chips"] = np.where(pts["rate_qps"] > 0, np.ceil(qps / pts["rate_qps"] - 1e-9) * L.total_chips, np.nan)
-    pts["cost_per_million_usd"] = pts["chips"] * price.usd_per_chip_hour / (qps * 3600.0) * 1e6
-    pts.insert(0, "layout", rec["layout"])
-    pts.insert(0, "hardware", hw.name)
-    pts.insert(0, "model", model.name)
-    s = search.summary
-    r = search.rate_qps
-    batch_cap = int(search.settings["batch_cap"])
-    batch = int(max(1, min(batch_cap, round(s["mean_decode_batch"]))))
-    pred = predict(model, hw, workload.replace(batch=batch), settings, L)
-    energy = hw.tdp_w * chips / qps if hw.tdp_w is not None else np.nan
-    row.update(
-        **_layout_fields(L),
-        shipped=rec["shipped"],
-        units=rec["units"],
-        max_batch=batch_cap,
-        batch=batch,
-        batch_time_s=pred.totals["batch_time_s"],
-        latency_s=search.latency_s,
-        latency_p50_s=s["latency_p50_s"],
-        latency_ok=True,
-        rate_per_unit_qps=r,
-        throughput_per_chip_qps=r / L.total_chips,
-        capacity_per_chip_qps=search.capacity_qps / L.total_chips,
-        utilisation=s["utilisation"],
-        chips=chips,
-        peak_bytes=pred.memory["peak_bytes"],
-        memory_fraction=pred.memory["peak_bytes"] / hw.hbm_capacity_bytes,
-        energy_per_query_j=energy,
-        energy_per_million_j=energy * 1e6,
-        cost_per_million_usd=chips * price.usd_per_chip_hour / (qps * 3600.0) * 1e6,
-        feasible=True,
-    )
-    return PairPlan(row, pts[CANDIDATE_COLUMNS], pred, search, table)
+    ps = _PairSearch(model, hw, workload, qps, latency_s, price, serving, settings)
+    while ps.pending and not (ps.evaluated and deadline is not None and time.monotonic() > deadline):
+        ps.step()
+    ps.stop()
+    return ps.result()
 
 
 def _infeasible_reason(recs: list[dict[str, Any]], hw: Hardware) -> str:
@@ -587,11 +638,22 @@ def plan(
     tables, best_rows, chosen, searches, layout_tables = [], [], {}, {}, []
     prices = {h.name: chip_price(h, price_per_chip_hour) for h in hardware_list}
     powers = {h.name: power_source(h) for h in hardware_list}
-    pairs = [(m, h) for m in models for h in hardware_list]
-    for k, (m, h) in enumerate(pairs):
-        # each pair may use its share of the budget and whatever earlier pairs left
-        deadline = start + serving.time_budget_s * (k + 1) / len(pairs)
-        pp = evaluate_pair(m, h, workload, qps, latency_s, prices[h.name], serving, settings, deadline)
+    pairs = [_PairSearch(m, h, workload, qps, latency_s, prices[h.name], serving, settings)
+             for m in models for h in hardware_list]
+    deadline = start + serving.time_budget_s
+    for ps in pairs:  # every pair evaluates its most promising layout
+        while ps.pending and not ps.evaluated:
+            ps.step()
+    while time.monotonic() <= deadline:
+        pending = [ps for ps in pairs if ps.pending]
+        if not pending:
+            break
+        min(pending, key=lambda ps: ps.spent_s).step()  # the pair that has had the least time goes next
+    for ps in pairs:
+        ps.stop()
+    for ps in pairs:
+        m, h = ps.model, ps.hw
+        pp = ps.result()
         tables.append(pp.candidates)
         best_rows.append(pp.row)
         layout_tables.append(pp.layouts)
