@@ -80,6 +80,8 @@ def main():
         layouts_part(args, hw, wl, record)
     print("\ncold: the first call of the case in the process; median: later calls. A run's time covers the "
           "whole public call (tables, capacity run, records, summary).")
+    record["load_average_1min_end"] = os.getloadavg()[0]
+    print(f"load average at the end {os.getloadavg()[0]:.2f} {os.getloadavg()[1]:.2f} {os.getloadavg()[2]:.2f}")
     print(json.dumps(record))
     return 0
 

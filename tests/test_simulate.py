@@ -644,13 +644,14 @@ def test_memory_per_chip_caps_the_batch_under_tensor_parallelism(fid, tpu, polic
     assert res.settings["batch_cap"] == cap
 
 
-def test_memory_per_chip_caps_each_pool(fid, tpu):
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_memory_per_chip_caps_each_pool(fid, tpu, policy):
     """Separate pools: a decoder replica holds no more requests than its chips' memory
     allows (the cap binds under overload), and the encoder side's cap is that of a chip
     holding only the encoder."""
     wl = Workload(batch=1)
     layout = Layout(encoder_chips=1, decoder_chips=2)
-    res = S.simulate(fid, tpu, wl, qps=300.0, requests=1500, max_batch=1000, layout=layout)
+    res = S.simulate(fid, tpu, wl, qps=300.0, requests=1500, max_batch=1000, layout=layout, policy=policy)
     mem = memory_footprint(fid, tpu, wl, layout=layout, ship=res.settings["shipped"])
     cap = mem["pools"]["decoder"]["max_batch"]
     assert res.settings["batch_cap"] == cap and 50 < cap < 1000

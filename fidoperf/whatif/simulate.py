@@ -26,14 +26,17 @@ Policies:
   ``max_wait_s`` does not apply.
 
 Separate pools (``Layout(encoder_chips=..., decoder_chips=...)``): encoder replicas take
-requests from the queue and encode them (static: a batch formed as above; continuous:
-every waiting request that fits, in one call) and hold them until they are shipped; a
-decoder replica pulls the oldest encoded requests when it has room for them, the link
-ships them (a transfer op: encoder outputs or projected keys and values, whichever
-``predict`` finds cheaper unless ``ship`` says), and they join its decoding batch at the
-next step boundary (continuous; decoding never pauses for an encode, only for the
-projection of keys and values when it receives encoder outputs) or are decoded as one
-batch (static). See the comment above ``_Engine._ship``.
+requests from the queue and encode them (static: a batch formed as above, within the
+encoder's memory; continuous: every waiting request that fits, in one call) and hold
+them until they are shipped; a decoder replica pulls the oldest encoded requests when it
+has room for them, the link ships them (a transfer op: encoder outputs or projected keys
+and values, whichever ``predict`` finds cheaper unless ``ship`` says), and they join its
+decoding batch at the next step boundary (continuous; decoding never pauses for an
+encode, only for the projection of keys and values when it receives encoder outputs).
+Static: a free decoder replica takes all the encoded requests waiting that fit (up to
+``max_batch``, padded to their largest P, N and T) as one batch and decodes it to its
+longest output, so that its batches grow with the load as a colocated chip's do. See
+the comment above ``_Engine._ship``.
 
 Memory: a request holds its peak footprint per chip (encoder activations, encoder
 output with its cross-attention K/V, or both K/V caches with the logits; the largest;
@@ -320,9 +323,8 @@ class _Engine:
             self.enc_bytes = svc.requests_bytes(reqs.passages, reqs.passage_len, reqs.target_len, side="encoder")
             self.enc_free = svc.enc_free_bytes
             self.enc_max_batch = min(serving.max_batch, svc.enc_max_batch)
-            if serving.policy == "static":  # a static batch is encoded and decoded whole
-                self.max_batch = min(self.max_batch, self.enc_max_batch)
             self.enc_held = [0] * E  # bytes of requests encoded or encoding, not yet shipped
+            self.enc_hold = [0] * n  # what each of those holds on its encoder replica
             self.enc_freed = [env.event() for _ in range(E)]
             self.send_free_s = [0.0] * E  # when each replica's links are free to send / receive
             self.recv_free_s = [0.0] * D
@@ -404,18 +406,20 @@ class _Engine:
         """Extend the forming batch over newly arrived requests; returns its state."""
         k, Pm, Nm, Tm, full = self._form
         svc, P, N, T = self.svc, self.P, self.N, self.T
+        # with pools, the encoder pool's batch: its memory and cap (the decoder pool forms its own)
+        cap, free = (self.enc_max_batch, self.enc_free) if self.pooled else (self.max_batch, self.free)
+        need = svc.enc_request_bytes if self.pooled else svc.request_bytes
         while not full and self.head + k < self.arrived:
-            if k == self.max_batch:
+            if k == cap:
                 full = True
                 break
             i = self.head + k
             p, n_, t = max(Pm, P[i]), max(Nm, N[i]), max(Tm, T[i])
-            if (k + 1) * svc.request_bytes(p, n_, t) > self.free or (
-                    self.pooled and (k + 1) * svc.enc_request_bytes(p, n_, t) > self.enc_free):
+            if (k + 1) * need(p, n_, t) > free:
                 full = True
                 break
             k, Pm, Nm, Tm = k + 1, p, n_, t
-        full = full or k == self.max_batch
+        full = full or k == cap
         self._form = (k, Pm, Nm, Tm, full)
         return self._form
 
@@ -578,17 +582,19 @@ class _Engine:
         self.link_busy_s += t
         return start, start + t
 
-    def _ship(self, ids: list[int], d: int):
+    def _ship(self, ids: list[int], d: int, padded: tuple[int, int] | None = None):
         """Ship requests ``ids`` to decoder replica d, one shipment per encoder replica
-        they come from; frees their memory on the encoder side as each lands."""
+        they come from (``padded``: as P x N tokens each, a static batch's shape);
+        frees their memory on the encoder side as each lands."""
         env, P, N = self.env, self.P, self.N
         groups: dict[int, list[int]] = {}
         for i in ids:
             groups.setdefault(self.source[i], []).append(i)
         for e, group in groups.items():
-            _, end = self._reserve_link(e, d, float(sum(P[i] * N[i] for i in group)))
+            tokens = len(group) * padded[0] * padded[1] if padded else sum(P[i] * N[i] for i in group)
+            _, end = self._reserve_link(e, d, float(tokens))
             yield env.timeout(end - env.now)
-            self.enc_held[e] -= sum(self.enc_bytes[i] for i in group)
+            self.enc_held[e] -= sum(self.enc_hold[i] for i in group)
             self._fire("enc_freed", e)
 
     def _enc_continuous(self, e: int):
@@ -618,6 +624,7 @@ class _Engine:
             now = env.now
             for i in range(first_id, first_id + k):
                 self.start[i], self.source[i], self.batch[i] = now, e, k
+                self.enc_hold[i] = need[i]
             enc = svc.encode_passages_time_s(p_sum, n_max, svc.kv_passages(k, p_sum)) * self._noise()
             yield env.timeout(enc)
             self.busy_s += enc
@@ -746,13 +753,13 @@ class _Engine:
             self.head += k
             self._form = (0, 0, 0, 0, False)
             self._log()
-            need = k * svc.enc_request_bytes(Pm, Nm, Tm)
-            while self.enc_held[e] + need > self.enc_free:  # earlier batches not yet shipped
+            per = svc.enc_request_bytes(Pm, Nm, Tm)
+            while self.enc_held[e] + k * per > self.enc_free:  # earlier batches not yet shipped
                 yield self._event("enc_freed", e)
-            self.enc_held[e] += need
+            self.enc_held[e] += k * per
             now = env.now
             for i in range(first_id, first_id + k):
-                self.start[i], self.source[i], self.batch[i] = now, e, k
+                self.start[i], self.source[i], self.enc_hold[i] = now, e, per
             enc = svc.encode_time_s(k, Pm, Nm) * self._noise()
             yield env.timeout(enc)
             self.busy_s += enc
@@ -760,24 +767,31 @@ class _Engine:
             now = env.now
             for i in range(first_id, first_id + k):
                 self.encoded[i] = now
-            self.dec_queue.append((first_id, k, Pm, Nm, Tm, e, need))
+                self.dec_queue.append(i)
             if not self.dec_wake.triggered:
                 self.dec_wake.succeed()
 
     def _dec_static(self, d: int):
+        """A free decoder replica takes the oldest encoded requests, up to the batch cap
+        and as many as fit its memory padded to their largest P, N and T, pulls them, and
+        decodes them as one batch to its longest output."""
         env, svc = self.env, self.svc
+        P, N, T, queue = self.P, self.N, self.T, self.dec_queue
         while True:
-            if not self.dec_queue:
+            if not queue:
                 yield self._dec_wake_event()
                 continue
-            first_id, k, Pm, Nm, Tm, e, need = self.dec_queue.popleft()
-            ids = range(first_id, first_id + k)
+            k, Pm, Nm, Tm = 0, 0, 0, 0
+            while k < len(queue) and k < self.max_batch:
+                i = queue[k]
+                p, n_, t = max(Pm, P[i]), max(Nm, N[i]), max(Tm, T[i])
+                if (k + 1) * svc.request_bytes(p, n_, t) > self.free:
+                    break
+                k, Pm, Nm, Tm = k + 1, p, n_, t
+            ids = [queue.popleft() for _ in range(k)]
             for i in ids:
-                self.replica[i] = d
-            _, end = self._reserve_link(e, d, float(k * Pm * Nm))  # this replica is idle meanwhile
-            yield env.timeout(end - env.now)
-            self.enc_held[e] -= need
-            self._fire("enc_freed", e)
+                self.replica[i], self.batch[i] = d, k
+            yield from self._ship(ids, d, padded=(Pm, Nm))  # this replica is idle meanwhile
             join = svc.join_time_s(svc.kv_passages(k, k * Pm), Nm)
             if join:
                 join *= self._noise()
@@ -1022,8 +1036,7 @@ def _settings_dict(prep: Prepared, *, qps, arrivals, cv, trace, requests, dists,
         "seed": prep.seed,
         "policy": s.policy,
         "max_batch": s.max_batch,
-        "batch_cap": min(s.max_batch, prep.service.max_batch, *(  # a static batch is encoded and decoded whole
-            [prep.service.enc_max_batch] if s.layout.pooled and s.policy == "static" else [])),
+        "batch_cap": min(s.max_batch, prep.service.max_batch),
         "max_wait_s": s.max_wait_s,
         "replicas": s.replicas,
         "layout": s.layout.as_dict(),
