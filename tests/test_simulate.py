@@ -472,7 +472,7 @@ def test_layout_pieces_add_up_to_predict(h100, tpu, model_name, layout):
     ceil(B/T) requests of a batch-sharded chip), on a GPU node and a TPU slice."""
     model = load_model(model_name)
     for hw in (h100, tpu):
-        for b in (1, 3, 8):
+        for b in (1, 3):  # T = 2 and 4 do not divide 3: the ceil(B/T) requests of a batch-sharded chip
             wl = SMALL.replace(batch=b)
             pred = predict(model, hw, wl, layout=layout)
             ship = pred.totals.get("shipped")
