@@ -1,13 +1,17 @@
 """Capacity planning: each chip's rate is the highest that meets the latency
 percentile (checked by re-simulating with the public `simulate`, not plan.py's code,
 and bounded by `predict`), the chips cover the load, nothing cheaper is ranked below,
-and bad input fails in one line with no file left behind."""
+and bad input fails in one line with no file left behind. With parallel layouts: a
+model too big for one chip gets a multi-chip plan that really meets the target, no
+evaluated layout is cheaper, pruning is visible and justified, and the time budget
+is honoured."""
 
 from __future__ import annotations
 
 import math
 import re
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 
@@ -15,12 +19,13 @@ from fidoperf.cli import cli
 from fidoperf.costmodel.prediction import memory_footprint, predict
 from fidoperf.errors import SpecError
 from fidoperf.specs import Workload, load_hardware, load_model
+from fidoperf.specs.layout import Layout
 from fidoperf.whatif import plan as P
-from fidoperf.whatif.simulate import simulate
+from fidoperf.whatif.simulate import simulate, steady_load_limit
 
 WL = Workload(passages=40, passage_len=256, target_len=32, batch=1)
-SMALL = ["--passages", "10", "--passage-len", "64", "--target-len", "4", "--requests", "600"]
-FAST = P.ServingPlan(requests=1000)
+SMALL = ["--passages", "10", "--passage-len", "64", "--target-len", "4", "--requests", "600", "--layouts", "single"]
+FAST = P.ServingPlan(requests=1000, layouts="single")
 
 
 def best_rate_bound(model, hw, wl, max_batch):
@@ -98,8 +103,10 @@ def test_reported_figures_follow_their_formulas(chips):
 def test_bursty_arrivals_and_a_lower_percentile_move_the_rate(chips):
     tpu, m = chips[0], [load_model("fido-base")]
     base = P.plan(m, [tpu], WL, 100, 300, serving=FAST).best.iloc[0]
-    bursty = P.plan(m, [tpu], WL, 100, 300, serving=P.ServingPlan(requests=1000, arrivals="gamma", cv=3.0)).best.iloc[0]
-    median = P.plan(m, [tpu], WL, 100, 300, serving=P.ServingPlan(requests=1000, percentile=50)).best.iloc[0]
+    bursty = P.plan(m, [tpu], WL, 100, 300, serving=P.ServingPlan(requests=1000, arrivals="gamma", cv=3.0,
+                                                                  layouts="single")).best.iloc[0]
+    median = P.plan(m, [tpu], WL, 100, 300, serving=P.ServingPlan(requests=1000, percentile=50,
+                                                                  layouts="single")).best.iloc[0]
     assert bursty["throughput_per_chip_qps"] < base["throughput_per_chip_qps"] < median["throughput_per_chip_qps"]
     assert bursty["chips"] >= base["chips"] >= median["chips"]
 
@@ -141,7 +148,8 @@ def test_bad_numbers(kw):
         P.plan([load_model("fido-base")], [load_hardware("tpu-v4")], WL, serving=FAST, **args)
 
 
-@pytest.mark.parametrize("kw", [{"policy": "eager"}, {"percentile": 0}, {"percentile": 101}])
+@pytest.mark.parametrize("kw", [{"policy": "eager"}, {"percentile": 0}, {"percentile": 101}, {"layouts": "some"},
+                                {"time_budget_s": 0}, {"pool_ratios": ((1, 0),)}])
 def test_bad_serving(kw):
     with pytest.raises(SpecError):
         P.ServingPlan(**kw)
@@ -221,3 +229,132 @@ def test_plan_bad_input_is_one_line_exit_2_no_file(tmp_path, args, message):
     lines = res.output.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and "Traceback" not in res.output
     assert list(tmp_path.iterdir()) == []
+
+
+# --------------------------------------------------------------------------- parallel layouts
+
+BIG = Workload(passages=20, passage_len=256, target_len=8, batch=1)  # FiD-XXL: 24.3 GB a request on one chip
+
+
+def test_candidate_layouts_split_the_heads_within_one_node():
+    fido, hw = load_model("fido-base"), load_hardware("tpu-v4")  # 12 heads, 1 key/value head; 8-chip slice
+    layouts = P.candidate_layouts(fido, hw)
+    assert layouts[0] == Layout()
+    node = hw.interconnect.node.chips
+    tps = sorted({L.tensor_parallel for L in layouts})
+    assert tps == [T for T in range(1, node + 1) if 12 % T == 0] == [1, 2, 3, 4, 6]
+    for L in layouts:
+        assert L.total_chips <= node
+        if L.pooled:
+            assert (L.encoder_replicas, L.decoder_replicas) in P.POOL_RATIOS
+    # with one key/value head, every T > 1 also comes with keys and values sharded over the batch
+    assert {L.tensor_parallel for L in layouts if L.shard_kv == "batch"} == {2, 3, 4, 6}
+    assert P.candidate_layouts(fido, hw, "colocated") == [L for L in layouts if not L.pooled]
+    assert P.candidate_layouts(fido, hw, "single") == [Layout()]
+
+
+def test_model_too_big_for_one_chip_gets_a_multi_chip_plan_that_meets_the_target():
+    """FiD-XXL does not fit one 24 GB L4 with 20 passages of 256 tokens. The plan finds a
+    multi-chip layout; re-simulated at its rate per unit with the public `simulate` it
+    meets the target and 2% more does not; no evaluated layout needs fewer chips; every
+    pruned layout was pruned for a reason that holds."""
+    model, l4 = load_model("fid-xxl"), load_hardware("l4")
+    qps, latency_ms = 5.0, 1000.0  # one-chip pools (1.12 s alone) miss it; TP 2 (0.70 s alone) may meet it
+    sp = P.ServingPlan(requests=500, pool_ratios=((1, 1), (2, 1)))
+    result = P.plan([model], [l4], BIG, qps, latency_ms, serving=sp)
+    row = result.best.iloc[0]
+    lay = result.layouts
+    assert row["feasible"] and row["chips_per_unit"] >= 2
+    single = lay[lay["layout"] == "1 chip, TP 1"].iloc[0]
+    assert single["status"] == "pruned" and single["reason"].startswith("does not fit")
+    assert not memory_footprint(model, l4, BIG)["fits"]
+    # the chosen layout, re-simulated
+    L = Layout(chips=None if not np.isnan(row["encoder_chips"]) else int(row["chips_per_unit"]),
+               tensor_parallel=int(row["tensor_parallel"]), shard_kv=row["shard_kv"],
+               encoder_chips=None if np.isnan(row["encoder_chips"]) else int(row["encoder_chips"]),
+               decoder_chips=None if np.isnan(row["decoder_chips"]) else int(row["decoder_chips"]))
+    assert L.total_chips == row["chips_per_unit"]
+    r, target = row["rate_per_unit_qps"], latency_ms / 1e3
+    sim = dict(requests=sp.requests, seed=sp.seed, policy=sp.policy, latency_target_s=target, layout=L,
+               ship=row["shipped"])
+    at = simulate(model, l4, BIG, qps=r, **sim).summary
+    above = simulate(model, l4, BIG, qps=r * (1 + 2 * sp.rel_tol), **sim).summary
+    assert at["meets_target"] and at["latency_p99_s"] <= target and not above["meets_target"]
+    assert row["chips"] == math.ceil(qps / r - 1e-9) * L.total_chips
+    # nothing cheaper among the evaluated layouts; the counts add up
+    ev = lay[lay["status"] == "evaluated"]
+    assert len(ev) >= 2 and (ev["chips"].dropna() >= row["chips"]).all()
+    assert lay["chosen"].sum() == 1 and lay.loc[lay["chosen"], "chips"].iloc[0] == row["chips"]
+    assert row["layouts_considered"] == len(lay) == row["layouts_pruned"] + row["layouts_evaluated"] + row[
+        "layouts_not_evaluated"]
+    assert row["layouts_not_evaluated"] == 0
+    assert lay["reason"].str.startswith("a request served alone").sum() == 2  # the pools without tensor parallelism
+    # pruned layouts: each reason checked against predict or the capacity it states
+    top = steady_load_limit(sp.requests)
+    for _, rec in lay[lay["status"] == "pruned"].iterrows():
+        if rec["reason"].startswith("cannot beat"):
+            fewest = math.ceil(qps / (top * rec["capacity_per_unit_qps"]) - 1e-9) * rec["chips_per_unit"]
+            assert fewest > row["chips"]
+        elif not rec["reason"].startswith("does not fit"):
+            assert rec["reason"].startswith("a request served alone") and rec["lone_latency_s"] > target
+    # the lone latencies that drive the pruning are predict's
+    for _, rec in lay.iloc[:3].iterrows():
+        Lr = P.candidate_layouts(model, l4, "all", sp.pool_ratios)[_]
+        assert rec["lone_latency_s"] == pytest.approx(predict(model, l4, BIG, layout=Lr).totals["batch_time_s"],
+                                                      rel=1e-9)
+
+
+def test_layouts_that_cannot_beat_the_cheapest_found_are_dropped_for_a_reason_that_holds():
+    """FiDO-Base on TPU v4 at 30 queries/s: one chip serves it all; every other layout
+    would need more chips even at the capacity it serves with its queue never empty
+    (which bounds any rate the search could find), so each is dropped after that one run."""
+    sp = P.ServingPlan(requests=600)
+    wl = WL.replace(passages=10, passage_len=64, target_len=4)
+    result = P.plan([load_model("fido-base")], [load_hardware("tpu-v4")], wl, 30, 500, serving=sp)
+    row, lay = result.best.iloc[0], result.layouts
+    assert row["chips"] == 1 and row["layout"] == "1 chip, TP 1"
+    dropped = lay[lay["reason"].str.startswith("cannot beat")]
+    assert len(dropped) == len(lay) - 1 == row["layouts_pruned"]
+    top = steady_load_limit(sp.requests)
+    for _, rec in dropped.iterrows():
+        assert math.ceil(30 / (top * rec["capacity_per_unit_qps"]) - 1e-9) * rec["chips_per_unit"] > row["chips"]
+    # the capacity bounds the rate: the chosen layout's own search never went above it
+    search = result.searches[("fido-base", "tpu-v4")]
+    assert search.points["rate_qps"].max() <= top * search.capacity_qps * (1 + 1e-12)
+
+
+def test_a_tiny_time_budget_reports_layouts_not_evaluated():
+    """With a budget of a millisecond each (model, chip) pair still evaluates its most
+    promising layout (least predicted chip-seconds per query over the headroom left to a
+    lone request), and every other layout that was not pruned is listed as not
+    evaluated, never dropped."""
+    sp = P.ServingPlan(requests=500, time_budget_s=1e-3)
+    models, tpu = [load_model("fido-base"), load_model("fid-base")], load_hardware("tpu-v4")
+    result = P.plan(models, [tpu], WL.replace(passages=10, passage_len=64, target_len=4), 50, 500, serving=sp)
+    for _, row in result.best.iterrows():
+        lay = result.layouts[result.layouts["model"] == row["model"]]
+        assert len(lay) == len(P.candidate_layouts(next(m for m in models if m.name == row["model"]), tpu))
+        counts = lay["status"].value_counts()
+        assert counts["evaluated"] == 1 and counts["not evaluated"] >= 5
+        assert (lay.loc[lay["status"] == "not evaluated", "reason"] == "the time budget ran out").all()
+        assert row["layouts_not_evaluated"] == counts["not evaluated"]
+        assert row["layouts_considered"] == row["layouts_pruned"] + row["layouts_evaluated"] + row[
+            "layouts_not_evaluated"] == len(lay)
+        first = lay[lay["status"] == "evaluated"].iloc[0]
+        assert first["expected_chip_seconds_per_query"] == lay["expected_chip_seconds_per_query"].min()
+        alone = lay["lone_latency_s"] / 0.5  # the headroom left to a lone request under the 500 ms target
+        assert np.allclose(lay["expected_chip_seconds_per_query"], lay["chip_seconds_per_query"] / (1 - alone),
+                           equal_nan=True)
+    assert any("time budget ran out" in n for n in result.notes)
+
+
+def test_plan_command_with_layouts_reports_them(tmp_path):
+    out = tmp_path / "plan.md"
+    res = _invoke(["plan", "--qps", "20", "--latency-ms", "1500", "-m", "fid-xxl", "-H", "l4", "--passages", "20",
+                   "--target-len", "8", "--requests", "400", "--time-budget-s", "2", "-o", str(out)])
+    assert res.exit_code == 0, res.output
+    assert re.search(r"layouts: \d+ considered, \d+ pruned, \d+ evaluated, \d+ not evaluated", res.output)
+    assert "TP" in res.output and "units" in res.output
+    text = out.read_text()
+    assert "## Layouts considered" in text and "does not fit" in text and "(chosen)" in text
+    assert "separate encoder and decoder pools" in text  # the layouts searched are stated

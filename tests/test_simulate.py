@@ -1,7 +1,9 @@
-"""Serving simulation: the service model reproduces `predict`, the engine reproduces
+"""Serving simulation: the service model reproduces `predict` (one chip, tensor
+parallelism, batch-sharded keys and values, separate pools), the engine reproduces
 queueing theory (M/D/1 Pollaczek-Khinchine, Little's law, D/D/1), overload is reported
-as such, a lone request takes exactly its predicted time, memory caps the batch,
-runs are reproducible, and the command line keeps its contract."""
+as such, a lone request takes exactly its predicted time under every layout, separate
+pools decode without pausing for encodes, memory per chip caps the batch, runs are
+reproducible, and the command line keeps its contract."""
 
 from __future__ import annotations
 
@@ -17,8 +19,9 @@ from fidoperf.cli import cli
 from fidoperf.costmodel.prediction import Settings, memory_footprint, predict
 from fidoperf.errors import SpecError
 from fidoperf.specs import Workload, load_hardware, load_model
+from fidoperf.specs.layout import Layout
 from fidoperf.whatif import simulate as S
-from fidoperf.whatif.service import ServiceModel
+from fidoperf.whatif.service import ServiceModel, batch_phase_times_s
 
 SMALL = Workload(passages=10, passage_len=64, target_len=6, batch=1)
 CALIBRATED = "benchmarks/results/cpu-calibrated.yaml"  # efficiency curves and a per-op overhead
@@ -442,3 +445,247 @@ def test_bad_trace_is_one_clean_line(tmp_path, cli_error, text, needles):
 )
 def test_bad_options_are_one_clean_line(cli_error, args, needle):
     cli_error(["simulate", *args], needle)
+
+
+# --------------------------------------------------------------------------- parallel layouts
+
+LAYOUTS = [
+    Layout(tensor_parallel=2),
+    Layout(chips=4, tensor_parallel=4, shard_kv="batch"),
+    Layout(chips=6, tensor_parallel=2),
+    Layout(encoder_chips=1, decoder_chips=2),
+    Layout(encoder_chips=2, decoder_chips=4, tensor_parallel=2, shard_kv="batch"),
+]
+
+
+@pytest.fixture(scope="module")
+def h100():
+    return load_hardware("h100-sxm")
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda L: L.label())
+@pytest.mark.parametrize("model_name", ["fid-base", "fido-base-xl"])
+def test_layout_pieces_add_up_to_predict(h100, tpu, model_name, layout):
+    """The per-chip op lists of the simulation (encode, shipment, projection on the
+    decoder side, decoding steps; fidoperf.whatif.layout_ops) add up to predict's batch
+    time under the same layout, for batches that T divides and that it does not (the
+    ceil(B/T) requests of a batch-sharded chip), on a GPU node and a TPU slice."""
+    model = load_model(model_name)
+    for hw in (h100, tpu):
+        for b in (1, 3):  # T = 2 and 4 do not divide 3: the ceil(B/T) requests of a batch-sharded chip
+            wl = SMALL.replace(batch=b)
+            pred = predict(model, hw, wl, layout=layout)
+            ship = pred.totals.get("shipped")
+            phases = batch_phase_times_s(model, hw, wl, Settings(), layout, ship, b)
+            assert sum(phases.values()) == pytest.approx(pred.totals["batch_time_s"], rel=1e-9)
+            if layout.pooled:
+                assert phases["ship_s"] == pytest.approx(pred.totals["transfer_time_s"], rel=1e-9)
+                assert phases["encode_s"] == pytest.approx(pred.totals["encoder_pool_time_s"], rel=1e-9)
+                assert phases["join_s"] + phases["decode_s"] == pytest.approx(
+                    pred.totals["decoder_pool_time_s"], rel=1e-9)
+
+
+@pytest.mark.parametrize("layout", LAYOUTS, ids=lambda L: L.label())
+def test_service_model_under_a_layout_adds_up_to_predict(fid, h100, layout):
+    """Identical requests: the service model's encode, shipment, projection and steps,
+    looked up from its tables, give predict's batch time and per-chip memory."""
+    wl = SMALL
+    pred1 = predict(fid, h100, wl, layout=layout)
+    svc = ServiceModel.build(fid, h100, wl, passages=[10], passage_len=[64], target_len=[6], max_batch=16,
+                             pad=False, layout=layout)
+    assert svc.ship == pred1.totals.get("shipped")
+    for b in (1, 3, 8):
+        ref = predict(fid, h100, wl.replace(batch=b), layout=layout)
+        kv = svc.kv_passages(b, 10 * b)
+        steps = sum(svc.decode_step_time_s(b, b * 640, b * t) for t in range(1, 7))
+        mine = svc.encode_time_s(b, 10, 64) + svc.ship_time_s(640.0 * b) + svc.join_time_s(kv, 64) + steps
+        assert mine == pytest.approx(ref.totals["batch_time_s"], rel=1e-6)
+    mem = memory_footprint(fid, h100, wl, layout=layout, ship=svc.ship)
+    dec = mem["pools"]["decoder"] if layout.pooled else mem
+    assert svc.free_bytes == pytest.approx(h100.hbm_capacity_bytes - dec["weight_bytes"])
+    assert svc.request_bytes(10, 64, 6) == pytest.approx(dec["per_sample_peak_bytes"], abs=1)
+    if layout.pooled:
+        enc = mem["pools"]["encoder"]
+        assert svc.enc_free_bytes == pytest.approx(h100.hbm_capacity_bytes - enc["weight_bytes"])
+        assert svc.enc_request_bytes(10, 64, 6) == pytest.approx(enc["per_sample_peak_bytes"], abs=1)
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_one_chip_layout_is_the_single_chip_simulation(fid, tpu, policy):
+    """Tensor parallelism 1 on one chip is the single-chip simulation, request for
+    request; --replicas is data-parallel copies, the same as Layout(chips=R)."""
+    kw = dict(qps=25.0, requests=1500, seed=9, policy=policy, dists={"target_len": "geometric"})
+    base = S.simulate(fid, tpu, Workload(batch=1), **kw)
+    one = S.simulate(fid, tpu, Workload(batch=1), layout=Layout(chips=1, tensor_parallel=1), **kw)
+    pd.testing.assert_frame_equal(base.records, one.records)
+    assert base.summary == one.summary
+    three = S.simulate(fid, tpu, Workload(batch=1), replicas=3, **kw)
+    laid = S.simulate(fid, tpu, Workload(batch=1), layout=Layout(chips=3), **kw)
+    pd.testing.assert_frame_equal(three.records, laid.records)
+    assert laid.settings["replicas"] == 3 and laid.settings["layout"]["replicas"] == 3
+    with pytest.raises(SpecError):
+        S.simulate(fid, tpu, Workload(batch=1), replicas=2, layout=Layout(chips=4, tensor_parallel=4), **kw)
+
+
+LONE_CASES = [  # every layout with both models and both policies, not every combination
+    (LAYOUTS[0], "fid-base", "continuous"), (LAYOUTS[0], "fido-base-xl", "static"),
+    (LAYOUTS[1], "fido-base-xl", "continuous"), (LAYOUTS[1], "fid-base", "static"),
+    (LAYOUTS[2], "fid-base", "continuous"),
+    (LAYOUTS[3], "fid-base", "static"), (LAYOUTS[3], "fido-base-xl", "continuous"),
+    (LAYOUTS[4], "fid-base", "continuous"), (LAYOUTS[4], "fido-base-xl", "static"),
+]
+
+
+@pytest.mark.parametrize("layout,model_name,policy", LONE_CASES,
+                         ids=[f"{c[0].label()}-{c[0].shard_kv}-{c[1]}-{c[2]}" for c in LONE_CASES])
+def test_lone_requests_under_a_layout_take_predicts_time(mixed_trace, h100, policy, layout, model_name):
+    """At vanishing load each request's latency is predict's batch-1 time under the
+    layout (pools: encode, shipment and decode in sequence), and its first token the
+    same with one target token. FiD-Base's pools ship encoder outputs, FiDO-Base-XL's the
+    projected keys and values (what predict finds cheaper)."""
+    path, sizes = mixed_trace
+    model = load_model(model_name)
+    res = S.simulate(model, h100, trace=path, policy=policy, max_wait_ms=0.0, warmup=0.0, layout=layout,
+                     max_batch=4)
+    rec = res.records
+    if layout.pooled:
+        assert res.settings["shipped"] == ("encoder_outputs" if model_name == "fid-base" else "cross_kv")
+    for k, ((p, n, t), latency, ttft) in enumerate(zip(sizes, rec["latency_s"], rec["ttft_s"])):
+        one = Workload(passages=p, passage_len=n, target_len=t, batch=1)
+        ref = predict(model, h100, one, layout=layout)
+        assert ref.totals.get("shipped") == res.settings["shipped"]
+        assert latency == pytest.approx(ref.totals["batch_time_s"], rel=1e-6)
+        if k < 3:
+            assert ttft == pytest.approx(predict(model, h100, one.replace(target_len=1), layout=layout).totals[
+                "batch_time_s"], rel=1e-6)
+    assert (rec["queue_s"] == 0).all()
+    if layout.pooled:
+        assert rec["replica"].between(0, layout.decoder_replicas - 1).all()
+        assert (rec["joined_s"] > rec["encoded_s"]).all()  # the shipment took time
+
+
+def test_interconnect_is_needed_for_tensor_parallelism_and_pools(fido, round_chip):
+    for layout in (Layout(tensor_parallel=2), Layout(encoder_chips=1, decoder_chips=1)):
+        with pytest.raises(SpecError, match="interconnect"):
+            S.simulate(fido, round_chip, SMALL, qps=1.0, requests=10, layout=layout)
+    # data-parallel replicas of one chip need none
+    assert S.simulate(fido, round_chip, SMALL, qps=1.0, requests=10, layout=Layout(chips=2)).summary["sustainable"]
+
+
+def _decoding_trace(tmp_path, long_t=60, others=3, gap_s=0.004):
+    """Request 0 with a long output at t = 0, then ``others`` short ones arriving while
+    it decodes."""
+    path = tmp_path / "trace.csv"
+    rows = ["arrival_s,passages,passage_len,target_len", f"0,40,256,{long_t}"]
+    rows += [f"{0.02 + gap_s * i:.4f},40,256,4" for i in range(others)]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_pools_decode_without_pausing_for_encodes(tmp_path, h100):
+    """Continuous batching, FiDO-Base-XL on H100s. Colocated, the long request's decoding
+    stops for each newcomer's encode: its latency grows by at least their encode times.
+    With separate pools (shipping the projected keys and values) its steps run back to
+    back: replaying them, each at the step time of the batch as composed then (the
+    newcomers joining at the boundaries the records give), lands exactly on its finish;
+    and its decoder replica is busy exactly while it holds a decoding batch."""
+    model = load_model("fido-base-xl")
+    path = _decoding_trace(tmp_path)
+    long_t, x = 60, 40 * 256
+    alone = predict(model, h100, Workload(passages=40, passage_len=256, target_len=long_t, batch=1)).totals
+    colo = S.simulate(model, h100, trace=path, warmup=0.0, layout=Layout(chips=1)).records
+    pooled = Layout(encoder_chips=1, decoder_chips=1)
+    res = S.simulate(model, h100, trace=path, warmup=0.0, layout=pooled, ship="cross_kv")
+    rec = res.records
+    svc = S.prepare(model, h100, trace=path, serving=S.Serving(layout=pooled, ship="cross_kv")).service
+    encode = svc.encode_time_s(1, 40, 256)
+    # the newcomers were encoded while request 0 was decoding, and joined its batch
+    assert (rec["encoded_s"].iloc[1:] < rec["finish_s"].iloc[0]).all()
+    assert (rec["joined_s"].iloc[1:] < rec["finish_s"].iloc[0]).all()
+    assert rec["encoder_replica"].eq(0).all() and rec["replica"].eq(0).all()
+    # colocated: three encodes of 40 passages stall the long request
+    assert colo["latency_s"].iloc[0] - alone["batch_time_s"] >= 3 * encode
+    # pools: replay request 0's steps
+    joined, target = rec["joined_s"].tolist(), rec["target_len"].tolist()
+    done = [0] * len(rec)
+    t = joined[0]
+    while done[0] < long_t:
+        batch = [i for i in range(len(rec)) if joined[i] <= t + 1e-12 and done[i] < target[i]]
+        t += svc.decode_step_time_s(len(batch), x * len(batch), sum(done[i] + 1 for i in batch))
+        for i in batch:
+            done[i] += 1
+    assert rec["finish_s"].iloc[0] == pytest.approx(t, rel=1e-12)
+    assert t - joined[0] < svc.decode_run_time_s(1, x, 1.0, long_t) + encode  # not one encode's worth slower
+    # busy time of the decoder replica = the union of the requests' decoding intervals
+    spans = sorted(zip(rec["joined_s"], rec["finish_s"]))
+    union, end = 0.0, -math.inf
+    for a, b in spans:
+        union += max(0.0, b - max(a, end))
+        end = max(end, b)
+    s = res.summary
+    assert s["decoder_utilisation"] * s["makespan_s"] == pytest.approx(union, rel=1e-9)
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_memory_per_chip_caps_the_batch_under_tensor_parallelism(fid, tpu, policy):
+    """FiD-Base's multi-head cross-attention K/V splits over the heads of a TP-2 replica:
+    a chip holds half of each request's, so a replica takes about twice the requests of
+    one chip; the per-chip cap binds and is never exceeded."""
+    wl = Workload(batch=1)
+    one = memory_footprint(fid, tpu, wl)["max_batch"]
+    layout = Layout(chips=2, tensor_parallel=2)
+    cap = memory_footprint(fid, tpu, wl, layout=layout)["max_batch"]
+    assert 1.8 * one < cap < 1000
+    res = S.simulate(fid, tpu, wl, qps=300.0, requests=1200, policy=policy, max_batch=1000, layout=layout)
+    rec = res.records
+    ev = sorted([(s, 1) for s in rec["start_s"]] + [(f, -1) for f in rec["finish_s"]], key=lambda e: (e[0], e[1]))
+    on_chip = np.cumsum([d for _, d in ev])
+    assert on_chip.max() == cap
+    assert res.settings["batch_cap"] == cap
+
+
+@pytest.mark.parametrize("policy", ["static", "continuous"])
+def test_memory_per_chip_caps_each_pool(fid, tpu, policy):
+    """Separate pools: a decoder replica holds no more requests than its chips' memory
+    allows (the cap binds under overload), and the encoder side's cap is that of a chip
+    holding only the encoder."""
+    wl = Workload(batch=1)
+    layout = Layout(encoder_chips=1, decoder_chips=2)
+    res = S.simulate(fid, tpu, wl, qps=300.0, requests=1500, max_batch=1000, layout=layout, policy=policy)
+    mem = memory_footprint(fid, tpu, wl, layout=layout, ship=res.settings["shipped"])
+    cap = mem["pools"]["decoder"]["max_batch"]
+    assert res.settings["batch_cap"] == cap and 50 < cap < 1000
+    assert res.settings["encoder_batch_cap"] == min(1000, mem["pools"]["encoder"]["max_batch"]) > cap
+    rec = res.records
+    for _, g in rec.groupby("replica"):
+        ev = sorted([(s, 1) for s in g["joined_s"]] + [(f, -1) for f in g["finish_s"]], key=lambda e: (e[0], e[1]))
+        assert np.cumsum([d for _, d in ev]).max() == cap
+
+
+def test_cli_layout_options(tmp_path):
+    res = invoke("--qps", "30", "-n", "600", "--format", "json", "-H", "h100-sxm", "-t", "2", "--chips", "4")
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)["settings"]
+    assert st["layout"]["chips"] == 4 and st["tensor_parallel"] == 2 and st["replicas"] == 2
+    res = invoke("--qps", "30", "-n", "600", "--format", "json", "-H", "h100-sxm", "--replicas", "3", "-t", "2")
+    assert res.exit_code == 0, res.output
+    st = json.loads(res.stdout)["settings"]
+    assert st["chips"] == 6 and st["replicas"] == 3 and st["layout_options"]["replicas"] == 3
+    res = invoke("--qps", "30", "-n", "600", "-H", "h100-sxm", "--encoder-chips", "1", "--decoder-chips", "2",
+                 "--ship", "encoder_outputs")
+    assert res.exit_code == 0, res.output
+    assert "enc 1 + dec 2 chips" in res.stdout and "ships encoder outputs" in res.stdout
+    assert "encoder" in res.stdout and "link" in res.stdout
+
+
+@pytest.mark.parametrize(
+    "args,needle",
+    [
+        (["--qps", "1", "--replicas", "2", "--chips", "4"], "--replicas"),
+        (["--qps", "1", "--ship", "cross_kv"], "--ship"),
+        (["--qps", "1", "-t", "5"], "--tensor-parallel"),
+        (["--qps", "1", "--encoder-chips", "1"], "decoder"),
+    ],
+)
+def test_bad_layout_options_are_one_clean_line(cli_error, args, needle):
+    cli_error(["simulate", "-H", "h100-sxm", *args], needle)

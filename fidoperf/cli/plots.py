@@ -364,6 +364,12 @@ def quality(hardware, output, quality_file, **kw):
 @click.option("--requests", "-n", type=int, default=4000, show_default=True,
               help="Simulated requests per rate tried by the search.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the simulated arrivals.")
+@click.option("--layouts", type=click.Choice(["all", "colocated", "single"]), default="all", show_default=True,
+              help="Parallel layouts searched: all (replicas of T tensor-parallel chips, T up to the chips of one "
+                   "node, and separate encoder and decoder pools), colocated (no pools), single (one chip per copy).")
+@click.option("--time-budget-s", type=float, default=60.0, show_default=True,
+              help="Wall time for the whole plan's rate searches; layouts left when it runs out are reported as not "
+                   "evaluated (each model and chip evaluates at least one).")
 @click.option(
     "--price-per-chip-hour",
     type=float,
@@ -372,14 +378,17 @@ def quality(hardware, output, quality_file, **kw):
 @settings_options
 @output_option("Write a report here: .md (Markdown) or .html (self-contained page), tables and figures.")
 def plan(qps, latency_ms, percentile, models, hardware, policy, arrivals, cv, max_batch, max_wait_ms, requests,
-         seed, price_per_chip_hour, output, **kw):
-    """Chips that serve --qps with the --percentile latency within --latency-ms at the
-    least cost, for every model and chip.
+         seed, layouts, time_budget_s, price_per_chip_hour, output, **kw):
+    """Chips, and how to spread the model over them, that serve --qps with the
+    --percentile latency within --latency-ms at the least cost, for every model and chip.
 
-    For each model and chip, a serving simulation (`fidoperf simulate`, --policy and
-    --arrivals) searches the highest rate one chip sustains under the target; chips =
-    ceil(qps / that rate). Every chip holds a full copy of the model. The policy, the
-    arrival process and the other assumptions are printed in the report.
+    For each model and chip, the parallel layouts (--layouts) that can hold a request
+    and meet the target alone are simulated (`fidoperf simulate`, --policy and
+    --arrivals) to find the highest rate one unit of the layout (a replica of T chips, or
+    a set of encoder and decoder pools) sustains under the target; chips = ceil(qps /
+    that rate) x chips per unit, and the cheapest layout wins, within --time-budget-s.
+    The policy, the arrival process, the layouts and the other assumptions are printed
+    in the report.
     """
     if output is not None and output.suffix.lower() not in REPORT_SUFFIXES:
         raise InputError(
@@ -394,7 +403,8 @@ def plan(qps, latency_ms, percentile, models, hardware, policy, arrivals, cv, ma
 
     wl = build_workload(batch=1, **kw)
     serving = P.ServingPlan(percentile=percentile, policy=policy, arrivals=arrivals, cv=cv, max_batch=max_batch,
-                            max_wait_ms=max_wait_ms, requests=requests, seed=seed)
+                            max_wait_ms=max_wait_ms, requests=requests, seed=seed, layouts=layouts,
+                            time_budget_s=time_budget_s)
     result = P.plan(
         _models(models),
         [load_hardware(h) for h in hardware],
@@ -407,11 +417,13 @@ def plan(qps, latency_ms, percentile, models, hardware, policy, arrivals, cv, ma
     )
     table = R.best_table(result)
     pct = f"p{percentile:g}"
-    cols = ["rank", "model", "hardware", "queries/s/chip", "chips", f"{pct} ms", "J/query", "USD/1M queries", "note"]
+    cols = ["rank", "model", "hardware", "layout", "units", "queries/s/chip", "chips", f"{pct} ms", "J/query",
+            "USD/1M queries", "note"]
     short = table[[c for c in cols if c in table.columns]]
     click.echo(
         f"{qps:g} queries/s, {pct} within {latency_ms:g} ms; {wl.passages} passages x {wl.passage_len} tokens, "
-        f"{wl.target_len} target tokens; {serving.describe()}\n{R.summary_line(result)}\n\n{text_table(short)}"
+        f"{wl.target_len} target tokens; {serving.describe()}\n{R.layouts_line(result)}\n{R.summary_line(result)}"
+        f"\n\n{text_table(short)}"
     )
     for note in result.notes:
         click.echo(f"note: {note}")

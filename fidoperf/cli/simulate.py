@@ -9,10 +9,12 @@ import click
 
 from .options import (
     InputError,
+    build_layout,
     build_model,
     build_settings,
     check_writable,
     hardware_option,
+    layout_options,
     model_options,
     settings_options,
     write_atomic,
@@ -39,24 +41,28 @@ def _dists(items):
 
 
 MODEL_OPTIONS = ("kv_heads", "cross_attn_every", "encoder_size", "decoder_size", "decoder_layers", "encoder_layers")
+LAYOUT_OPTIONS = ("chips", "tensor_parallel", "shard_kv", "encoder_chips", "decoder_chips")
 
 
-def _echo(kw, hardware) -> dict:
-    """The model and hardware as given on the command line (names or files, overrides)."""
+def _echo(kw, hardware, replicas=None, ship="auto") -> dict:
+    """The model, hardware and layout as given on the command line (names or files,
+    overrides)."""
     return {"model_arg": kw.get("model"), "hardware_arg": hardware,
-            "model_options": {k: kw[k] for k in MODEL_OPTIONS if kw.get(k) is not None}}
+            "model_options": {k: kw[k] for k in MODEL_OPTIONS if kw.get(k) is not None},
+            "layout_options": {k: kw.get(k) for k in LAYOUT_OPTIONS} | {"replicas": replicas, "ship": ship}}
 
 
 def _summary_text(res) -> str:
     from ..present.fmt import seconds
 
     s, st = res.summary, res.settings
-    where = f"{st['model']} on {st['replicas']} x {st['hardware']}"
+    where = f"{st['model']} on {st['hardware']}, {st['layout_label']}" + (
+        f" (ships {st['shipped'].replace('_', ' ')})" if st["shipped"] else "")
     load = (f"trace {st['trace']} ({s['offered_qps']:.4g} queries/s on average)" if st["trace"]
             else f"{st['arrivals']} arrivals at {st['qps']:g} queries/s"
             + (f" (cv {st['cv']:g})" if st["cv"] is not None else ""))
     lines = [
-        f"{where}, {st['policy']} batching (at most {st['batch_cap']} requests per chip"
+        f"{where}, {st['policy']} batching (at most {st['batch_cap']} requests per replica"
         + (f", wait up to {st['max_wait_s'] * 1e3:g} ms" if st["policy"] == "static" else "") + f"); {load}",
         f"{s['requests']} requests (statistics over the last {s['measured_requests']}), seed {st['seed']}; "
         f"capacity {s['capacity_qps']:.4g} queries/s, offered {s['offered_qps']:.4g} ({100 * s['load']:.0f}%)",
@@ -78,8 +84,10 @@ def _summary_text(res) -> str:
             f"first token p50 {seconds(s['ttft_p50_s'])}, p99 {seconds(s['ttft_p99_s'])}; per output token "
             f"{seconds(s['tpot_mean_s'])} on average; queueing p99 {seconds(s['queue_p99_s'])}",
         ]
+    pools = "".join(f", {name} {100 * s[f'{name}_utilisation']:.1f}%" for name in ("encoder", "decoder", "link")
+                    if f"{name}_utilisation" in s)
     lines.append(
-        f"throughput {s['throughput_qps']:.4g} queries/s, utilisation {100 * s['utilisation']:.1f}%, "
+        f"throughput {s['throughput_qps']:.4g} queries/s, utilisation {100 * s['utilisation']:.1f}%{pools}, "
         f"mean decoding batch {s['mean_decode_batch']:.3g}, at most {s['max_waiting']} waiting")
     if s.get("latency_target_s") is not None:
         pct = s["percentile"]
@@ -94,7 +102,7 @@ def _summary_text(res) -> str:
 
 def _search_text(r) -> str:
     st = r.settings
-    head = (f"{st['model']} on {st['replicas']} x {st['hardware']}, {st['policy']} batching, {st['arrivals']} "
+    head = (f"{st['model']} on {st['hardware']}, {st['layout_label']}, {st['policy']} batching, {st['arrivals']} "
             f"arrivals, p{r.percentile:g} <= {r.target_s * 1e3:g} ms (seed {st['seed']}, {st['requests']} requests "
             f"per rate)")
     if r.rate_qps <= 0:
@@ -138,8 +146,14 @@ def _search_text(r) -> str:
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of arrivals, sizes and spread.")
 @click.option("--service-cv", type=float, default=0.0, show_default=True,
               help="Spread of each encode and decoding step around its predicted time (coefficient of variation).")
-@click.option("--replicas", "--chips", "replicas", type=int, default=1, show_default=True,
-              help="Data-parallel copies of the model, one chip each, sharing one queue.")
+@layout_options
+@click.option("--replicas", type=click.IntRange(min=1), default=None,
+              help="Data-parallel copies of one tensor-parallel group, sharing one queue: the same as --chips "
+                   "REPLICAS x --tensor-parallel (not with --chips or the pools).")
+@click.option("--ship", type=click.Choice(["auto", "encoder_outputs", "cross_kv"]), default="auto",
+              show_default=True,
+              help="With --encoder-chips/--decoder-chips: what the encoder pool ships; auto: what `fidoperf "
+                   "predict` finds cheaper for one request of the median size.")
 @click.option("--warmup", type=float, default=0.1, show_default=True,
               help="Fraction of the first requests left out of the statistics.")
 @click.option("--latency-ms", type=float, help="Latency target: goodput, and whether the percentile meets it.")
@@ -154,15 +168,19 @@ def _search_text(r) -> str:
               help="Write figures here (.png, .svg, .pdf): latency against offered load (extra runs at 5% to "
                    "95% of capacity) and the queue over time.")
 def simulate(hardware, passages, passage_len, target_len, dist, dtype, arrivals, qps, cv, trace, policy,
-             max_batch, max_wait_ms, requests, seed, service_cv, replicas, warmup, latency_ms, percentile,
+             max_batch, max_wait_ms, requests, seed, service_cv, replicas, ship, warmup, latency_ms, percentile,
              find_rate, fmt, output, plot, **kw):
     """Simulate serving requests: queueing, batching, latency percentiles.
 
     Requests arrive (--arrivals at --qps, or --trace FILE), each with its own passages
-    and output length, and are served first come, first served by --replicas chips
-    under the --policy; every encode and decoding step takes fidoperf's predicted time
-    for the batch as composed at that moment, and a batch never holds more requests
-    than fit in the chip's memory. Prints latency (p50, p90, p99), time to first token,
+    and output length, and are served first come, first served under the --policy by
+    the replicas of the layout (--chips, --tensor-parallel, or separate encoder and
+    decoder pools with --encoder-chips/--decoder-chips, as in `fidoperf predict`); every
+    encode, shipment and decoding step takes fidoperf's predicted time for one chip of a
+    replica with the batch as composed at that moment (collectives included), and a batch
+    never holds more requests than fit in a chip's memory. With pools, the decoder pool
+    pulls encoded requests when it has room and keeps decoding while the encoder pool
+    encodes. Prints latency (p50, p90, p99), time to first token,
     throughput and utilisation; when the offered load exceeds what the chips can serve
     it says so and reports no latency. With --find-rate, the highest rate whose
     --percentile latency stays within --latency-ms.
@@ -179,6 +197,13 @@ def simulate(hardware, passages, passage_len, target_len, dist, dtype, arrivals,
         raise InputError("--find-rate: needs --latency-ms")
     if find_rate and trace is not None:
         raise InputError("--find-rate: not with --trace (the search draws its own arrivals)")
+    if replicas is not None:
+        if kw.get("chips") is not None or kw.get("encoder_chips") is not None or kw.get("decoder_chips") is not None:
+            raise InputError("--replicas: not with --chips or --encoder-chips/--decoder-chips (it sets --chips)")
+        kw["chips"] = replicas * kw["tensor_parallel"]
+    layout = build_layout(**kw)
+    if ship != "auto" and not layout.pooled:
+        raise InputError("--ship: only with separate pools (--encoder-chips and --decoder-chips)")
     from ..specs import Workload, load_hardware
     from ..whatif import simulate as S
 
@@ -187,18 +212,18 @@ def simulate(hardware, passages, passage_len, target_len, dist, dtype, arrivals,
     wl = Workload.with_dtype(dtype, passages=passages, passage_len=passage_len, target_len=target_len, batch=1)
     settings = build_settings(**kw)
     dists = _dists(dist)
-    common = dict(policy=policy, max_batch=max_batch, max_wait_ms=max_wait_ms, replicas=replicas,
-                  service_cv=service_cv, dists=dists, warmup=warmup, percentile=percentile, settings=settings,
-                  seed=seed, cv=cv, arrivals=arrivals)
+    common = dict(policy=policy, max_batch=max_batch, max_wait_ms=max_wait_ms, layout=layout,
+                  ship=None if ship == "auto" else ship, service_cv=service_cv, dists=dists, warmup=warmup,
+                  percentile=percentile, settings=settings, seed=seed, cv=cv, arrivals=arrivals)
     if find_rate:
         search = S.max_sustainable_rate(model, hw, wl, target_s=latency_ms / 1e3,
                                         requests=4000 if requests is None else requests, **common)
-        search.settings.update(_echo(kw, hardware))
+        search.settings.update(_echo(kw, hardware, replicas, ship))
         _print_search(search, fmt)
         return
     res = S.simulate(model, hw, wl, qps=qps, trace=trace, requests=requests, latency_target_s=(
         None if latency_ms is None else latency_ms / 1e3), **common)
-    res.settings.update(_echo(kw, hardware))
+    res.settings.update(_echo(kw, hardware, replicas, ship))
     if fmt == "json":
         from ..present.fmt import to_json
 
@@ -247,8 +272,8 @@ def _plot(res, model, hw, wl, trace, requests, common, plot, latency_ms):
     n = min(res.summary["requests"], 4000)
     prep = S.prepare(model, hw, wl, arrivals=common["arrivals"], cv=common["cv"], trace=trace, requests=n,
                      seed=common["seed"], serving=S.Serving(common["policy"], common["max_batch"],
-                                                             common["max_wait_ms"] / 1e3, common["replicas"],
-                                                             common["service_cv"]),
+                                                             common["max_wait_ms"] / 1e3, 1, common["service_cv"],
+                                                             common["layout"], common["ship"]),
                      dists=common["dists"], settings=common["settings"])
     curve = S.load_curve(prep, warmup=common["warmup"])
     st = res.settings
@@ -256,7 +281,7 @@ def _plot(res, model, hw, wl, trace, requests, common, plot, latency_ms):
     ax1, ax2 = SP.new_figure_axes(2)
     SP.latency_vs_load(ax1, {label: curve}, target_s=None if latency_ms is None else latency_ms / 1e3,
                        capacity_qps={label: prep.capacity_qps},
-                       title=f"Latency against offered load: {st['model']} on {st['replicas']} x {st['hardware']}, "
+                       title=f"Latency against offered load: {st['model']} on {st['hardware']} ({st['layout_label']}), "
                              f"{st['arrivals']} arrivals ({n} requests per point)")
     SP.queue_over_time(ax2, res.queue, title=f"Queue over time in this run ({st['arrivals']}"
                        + (f" at {st['qps']:g} queries/s" if st["qps"] else "") + ")")

@@ -31,15 +31,20 @@ def best_table(p: Plan) -> pd.DataFrame:
                 "rank": int(r["rank"]),
                 "model": r["model"],
                 "hardware": r["hardware"],
+                "layout": r["layout"] if ok else "-",
+                "units": int(r["units"]) if ok else "-",
+                "queries/s/unit": _num(r["rate_per_unit_qps"], ".4g") if ok else "-",
                 "queries/s/chip": _num(r["throughput_per_chip_qps"], ".4g") if ok else "-",
                 "chips": int(r["chips"]) if ok else "-",
                 f"{pct} ms": _num(r["latency_s"] * 1e3, ".4g") if ok else "-",
                 "p50 ms": _num(r["latency_p50_s"] * 1e3, ".4g") if ok else "-",
                 "mean batch": int(r["batch"]) if ok else "-",
                 "utilisation": f"{100 * r['utilisation']:.0f}%" if ok else "-",
-                "memory": (
+                "memory per chip": (
                     f"{r['peak_bytes'] / 1e9:.1f} GB ({100 * r['memory_fraction']:.0f}%)" if ok else "-"
                 ),
+                "layouts (pruned/evaluated/not evaluated)": f"{int(r['layouts_considered'])} "
+                f"({int(r['layouts_pruned'])}/{int(r['layouts_evaluated'])}/{int(r['layouts_not_evaluated'])})",
                 "J/query": _num(r["energy_per_query_j"], ".3g") if ok else "-",
                 "USD/1M queries": _num(r["cost_per_million_usd"], ",.2f") if ok else "-",
                 "note": "" if ok else r["reason"],
@@ -57,7 +62,8 @@ def candidates_table(p: Plan) -> pd.DataFrame:
         {
             "model": c["model"],
             "hardware": c["hardware"],
-            "queries/s/chip": [_num(v, ".4g") for v in c["rate_qps"]],
+            "layout": c["layout"],
+            "queries/s/unit": [_num(v, ".4g") for v in c["rate_qps"]],
             f"{pct} ms": [_num(None if v is None else v * 1e3, ".4g") for v in c["latency_s"]],
             "p50 ms": [_num(None if v is None else v * 1e3, ".4g") for v in c["latency_p50_s"]],
             "mean batch": [_num(v, ".3g") for v in c["mean_decode_batch"]],
@@ -76,10 +82,42 @@ def summary_line(p: Plan) -> str:
     cost_text = (
         f", {cost:,.2f} USD per million queries" if not math.isnan(cost) else " (no price: ranked by chips)"
     )
+    units = int(r["units"])
+    unit = f"{units} unit{'s' if units > 1 else ''} of {r['layout']}"
     return (
-        f"best: {int(r['chips'])} x {r['hardware']} running {r['model']}: each chip sustains "
-        f"{r['throughput_per_chip_qps']:.4g} queries/s with p{p.percentile:g} latency {r['latency_s'] * 1e3:.4g} ms "
-        f"(p50 {r['latency_p50_s'] * 1e3:.4g} ms)" + cost_text
+        f"best: {int(r['chips'])} x {r['hardware']} running {r['model']} as {unit}: each unit sustains "
+        f"{r['rate_per_unit_qps']:.4g} queries/s ({r['throughput_per_chip_qps']:.4g} per chip) with "
+        f"p{p.percentile:g} latency {r['latency_s'] * 1e3:.4g} ms (p50 {r['latency_p50_s'] * 1e3:.4g} ms)" + cost_text
+    )
+
+
+def layouts_line(p: Plan) -> str:
+    """How the layout search went, all pairs together."""
+    c = p.layouts["status"].value_counts()
+    return (f"layouts: {len(p.layouts)} considered, {int(c.get('pruned', 0))} pruned, "
+            f"{int(c.get('evaluated', 0))} evaluated, {int(c.get('not evaluated', 0))} not evaluated "
+            f"(time budget {p.serving.time_budget_s:g} s, {p.elapsed_s:.3g} s used)")
+
+
+def layouts_table(p: Plan) -> pd.DataFrame:
+    """Every layout considered, with what became of it."""
+    t = p.layouts
+    return pd.DataFrame(
+        {
+            "model": t["model"],
+            "hardware": t["hardware"],
+            "layout": t["layout"] + [" (chosen)" if c else "" for c in t["chosen"]],
+            "ships": [("-" if v is None or (isinstance(v, float) and math.isnan(v)) else str(v).replace("_", " "))
+                      for v in t["shipped"]],
+            "status": t["status"],
+            "alone ms": [_num(v * 1e3, ".4g") for v in t["lone_latency_s"]],
+            "GB/chip": [_num(v / 1e9, ".3g") for v in t["peak_bytes_per_chip"]],
+            "chip-s/query": [_num(v, ".3g") for v in t["chip_seconds_per_query"]],
+            "capacity q/s/unit": [_num(v, ".4g") for v in t["capacity_per_unit_qps"]],
+            "queries/s/unit": [_num(v, ".4g") for v in t["rate_per_unit_qps"]],
+            "chips": [("-" if pd.isna(v) else str(int(v))) for v in t["chips"]],
+            "reason": t["reason"],
+        }
     )
 
 
@@ -94,6 +132,7 @@ def inputs_lines(p: Plan) -> list[str]:
         + ("" if p.settings.efficiency else ", efficiency factors ignored")
         + ".",
         f"Models: {', '.join(m.name for m in p.models) or ', '.join(dict.fromkeys(p.best['model']))}.",
+        f"Layouts searched: {p.serving.describe_layouts()}; {layouts_line(p)}.",
     ]
     for h, price in p.prices.items():
         ptxt = (
@@ -122,8 +161,8 @@ def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
     top = p.best.iloc[0]
     blocks: list[tuple[str, Any]] = [
         ("h1", f"Capacity plan: {p.qps:g} queries/s, p{p.percentile:g} within {p.latency_s * 1e3:g} ms"),
-        ("p", f"Written by fidoperf {__version__} from serving simulations fed by roofline predictions, not "
-              f"measurements. Assumed: {p.serving.describe()}."),
+        ("p", f"Written by fidoperf {__version__} from serving simulations fed by fidoperf's predictions, not "
+              f"measurements. Assumed: {p.serving.describe()}. Layouts searched: {p.serving.describe_layouts()}."),
         ("h2", "Recommendation"),
         ("p", summary_line(p) + "."),
         ("h2", "Plans, one per model and chip, best first"),
@@ -132,15 +171,24 @@ def _blocks(p: Plan, figures: Sequence[Figure]) -> list[tuple[str, Any]]:
     if p.notes:
         blocks.append(("ul", p.notes))
     blocks += [("h2", "Inputs"), ("ul", inputs_lines(p)), ("h2", "Assumptions"), ("ul", p.assumptions)]
+    blocks += [
+        ("h2", "Layouts considered"),
+        ("p", f"Every layout of every model and chip, one unit each (a replica of T chips, or one set of encoder "
+              f"and decoder pools), with what became of it: {layouts_line(p)}. 'alone ms' is the latency of a "
+              "request served alone (the pruning test), 'chip-s/query' the predicted chip-seconds per query at "
+              "the largest batch (divided by the headroom 1 - alone / target, the order of evaluation), "
+              "'capacity' what a unit serves with its queue never empty."),
+        ("table", layouts_table(p)),
+    ]
     for f in figures:
         blocks += [("h2", f.title), ("img", f), ("p", f.caption)]
     blocks += [
         ("h2", "Every rate tried"),
         (
             "p",
-            f"Arrival rates per chip simulated by the searches ({p.serving.requests} requests each), with the "
-            f"chips and cost each would need for {p.qps:g} queries/s; the chosen plan of {top['model']} on "
-            f"{top['hardware']} is rank 1 above.",
+            f"Arrival rates per unit of the chosen layout of each model and chip simulated by its search "
+            f"({p.serving.requests} requests each), with the chips and cost each would need for {p.qps:g} "
+            f"queries/s; the chosen plan of {top['model']} on {top['hardware']} is rank 1 above.",
         ),
         ("table", candidates_table(p)),
     ]

@@ -132,14 +132,14 @@ def new_figure_axes(n: int = 2, figsize=(9.0, 8.0)):
 
 def plan_search_figures(p) -> list[tuple[str, str, object]]:
     """(title, caption, Axes) for a capacity plan (:class:`fidoperf.whatif.plan.Plan`):
-    the target percentile and the median latency against the rate per chip, at every
-    rate the searches tried, one colour per (model, chip)."""
+    the target percentile and the median latency against the rate per unit of the chosen
+    layout, at every rate the searches tried, one colour per (model, chip)."""
     if p.candidates.empty:
         return []
     pct = p.percentile
     curves, caps = {}, {}
     for (m, h), df in p.candidates.groupby(["model", "hardware"], sort=False):
-        label = f"{m} on {h}"
+        label = f"{m} on {h}" + (f" ({df['layout'].iloc[0]})" if "layout" in df else "")
         curves[label] = pd.DataFrame({
             "offered_qps": df["rate_qps"].astype(float),
             f"latency_p{pct:g}_s": df["latency_s"].astype(float),
@@ -150,14 +150,14 @@ def plan_search_figures(p) -> list[tuple[str, str, object]]:
         if search is not None:
             caps[label] = search.capacity_qps
     ax = latency_vs_load(None, curves, percentiles=(50, pct), target_s=p.latency_s, capacity_qps=caps, log_x=True,
-                         title=f"Latency against the rate per chip ({p.serving.policy} batching, {p.serving.arrivals} "
-                               "arrivals)")
-    ax.set_xlabel("arrival rate per chip (queries/s)")
+                         title=f"Latency against the rate per unit of the chosen layout ({p.serving.policy} batching, "
+                               f"{p.serving.arrivals} arrivals)")
+    ax.set_xlabel("arrival rate per unit of the layout (queries/s)")
     return [(
         "Latency against load",
-        f"p50 (dashed) and p{pct:g} (solid) latency at every rate per chip the searches simulated "
-        f"({p.serving.requests} requests each); horizontal line: the target; dotted lines: each chip's capacity "
-        "with its queue never empty. The plan's rate per chip is the highest at which the solid line stays "
-        "under the target.",
+        f"p50 (dashed) and p{pct:g} (solid) latency at every rate per unit of the chosen layout (a replica, or "
+        f"a set of pools) the searches simulated ({p.serving.requests} requests each); horizontal line: the "
+        "target; dotted lines: each unit's capacity with its queue never empty. The plan's rate per unit is the "
+        "highest at which the solid line stays under the target.",
         ax,
     )]

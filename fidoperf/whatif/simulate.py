@@ -3,10 +3,13 @@ latency percentiles, and the highest rate that meets a latency target.
 
 Requests arrive (Poisson, gamma-distributed gaps for bursts, evenly spaced, or a
 trace), each with its own passages P, tokens per passage N and output length T, and
-are served by ``replicas`` chips, each holding a full copy of the model, from one
-first-come-first-served queue. The event engine is SimPy; every service time comes from
-:class:`fidoperf.whatif.service.ServiceModel`, i.e. from fidoperf's own prediction for
-the batch as composed at that moment.
+are served from one first-come-first-served queue by the replicas of a layout
+(:class:`fidoperf.specs.layout.Layout`): ``layout.replicas`` copies of the model, each
+split over T chips by tensor parallelism (a replica is one server: its T chips run the
+same step at once), or separate encoder and decoder pools. The event engine is SimPy;
+every service time comes from :class:`fidoperf.whatif.service.ServiceModel`, i.e. from
+fidoperf's own prediction for one chip of a replica with the batch as composed at that
+moment, collectives included.
 
 Policies:
 - ``static``: a free chip takes the oldest waiting requests, up to ``max_batch`` and as
@@ -18,13 +21,30 @@ Policies:
   chip admits the oldest waiting requests that fit (memory and ``max_batch``), encodes
   them in one call (passages padded to the longest N among them), and they join the
   decoding batch; a request leaves after its own T steps and frees its memory. Decoding
-  is unpadded: each request attends over its own caches. Encoding runs on the same chip,
-  between decoding steps (separate encoder pools come with parallel layouts).
+  is unpadded: each request attends over its own caches. Without pools, encoding runs
+  on the same replica, between decoding steps (the running requests wait for it).
   ``max_wait_s`` does not apply.
 
-Memory: a request holds its peak footprint (encoder activations, encoder output with
-its cross-attention K/V, or both K/V caches with the logits; the largest) from
-admission to completion, beside the weights: the batch never holds more than fits.
+Separate pools (``Layout(encoder_chips=..., decoder_chips=...)``): encoder replicas take
+requests from the queue and encode them (static: a batch formed as above, within the
+encoder's memory; continuous: every waiting request that fits, in one call) and hold
+them until they are shipped; a decoder replica pulls the oldest encoded requests when it
+has room for them, the link ships them (a transfer op: encoder outputs or projected keys
+and values, whichever ``predict`` finds cheaper unless ``ship`` says), and they join its
+decoding batch at the next step boundary (continuous; decoding never pauses for an
+encode, only for the projection of keys and values when it receives encoder outputs).
+Static: a free decoder replica takes all the encoded requests waiting that fit (up to
+``max_batch``, padded to their largest P, N and T) as one batch and decodes it to its
+longest output, so that its batches grow with the load as a colocated chip's do. See
+the comment above ``_Engine._ship``.
+
+Memory: a request holds its peak footprint per chip (encoder activations, encoder
+output with its cross-attention K/V, or both K/V caches with the logits; the largest;
+:func:`fidoperf.costmodel.parallel.chip_memory`) from admission to completion, beside
+the weights: the batch never holds more than fits. With pools, each pool's own figures:
+the encoder side from admission until shipped, the decoder side from its pull (its
+shipment included) to completion. With keys and values sharded over the batch a request
+is counted at its mean share (1/T of its cross-attention cache per chip).
 
 Steps that change nothing are not simulated one by one: between an admission and the
 next completion or admissible arrival the decoding batch is fixed, so its steps are one
@@ -49,6 +69,7 @@ from __future__ import annotations
 import csv
 import heapq
 import math
+from collections import deque
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -61,6 +82,7 @@ import simpy
 from ..costmodel.prediction import Settings
 from ..errors import SpecError
 from ..specs import Hardware, ModelSpec, Workload
+from ..specs.layout import Layout
 from .service import ServiceModel
 
 POLICIES = ("static", "continuous")
@@ -76,9 +98,17 @@ SIZE_DIST_HELP = (
 )
 
 RECORD_COLUMNS = [
-    "request", "arrival_s", "passages", "passage_len", "target_len", "replica", "batch", "start_s",
-    "first_token_s", "finish_s", "queue_s", "ttft_s", "latency_s", "tpot_s", "measured",
+    "request", "arrival_s", "passages", "passage_len", "target_len", "replica", "encoder_replica", "batch",
+    "start_s", "encoded_s", "joined_s", "first_token_s", "finish_s", "queue_s", "ttft_s", "latency_s", "tpot_s",
+    "measured",
 ]
+"""Per-request records: ``replica`` decoded it (with pools, a decoder replica; without,
+the one replica that served it), ``encoder_replica`` encoded it; ``batch`` the requests
+encoded with it (continuous; with pools, those that joined the decoding batch with it)
+or its static batch; times in seconds from the start of the run: ``start_s`` taken by a
+chip, ``encoded_s`` encode done, ``joined_s`` joined the decoding batch (with pools,
+after its shipment; with encoder outputs shipped, after the projection of its keys and
+values), ``first_token_s``, ``finish_s``; ``queue_s`` = start - arrival."""
 
 
 # --------------------------------------------------------------------------- inputs
@@ -94,13 +124,19 @@ def _positive(name: str, v, integer: bool = False, zero: bool = False) -> None:
 
 @dataclass(frozen=True)
 class Serving:
-    """How the chips serve: the batching policy and its limits."""
+    """How the chips serve: the batching policy and its limits, and the layout.
+
+    ``replicas`` is the older way to ask for data-parallel copies of one chip each:
+    without a layout it means ``Layout(chips=replicas)``; with one it must agree with
+    ``layout.replicas`` (and is set to it)."""
 
     policy: str = "continuous"  # static | continuous
-    max_batch: int = 128  # most requests in one batch (memory may allow fewer)
+    max_batch: int = 128  # most requests in one batch per replica (memory may allow fewer)
     max_wait_s: float = 0.010  # static: dispatch a batch that is not full after its oldest waited this long
-    replicas: int = 1  # data-parallel copies, one chip each, sharing one queue
+    replicas: int = 1  # data-parallel copies sharing one queue (see the docstring)
     service_cv: float = 0.0  # coefficient of variation of each encode and decoding step (0: as predicted)
+    layout: Layout | None = None  # how the model is spread over chips (None: `replicas` chips, one copy each)
+    ship: str | None = None  # pools: "encoder_outputs" | "cross_kv" (None: what predict finds cheaper)
 
     def __post_init__(self):
         if self.policy not in POLICIES:
@@ -109,6 +145,16 @@ class Serving:
         _positive("--replicas", self.replicas, integer=True)
         _positive("--max-wait-ms", self.max_wait_s, zero=True)
         _positive("--service-cv", self.service_cv, zero=True)
+        layout = self.layout
+        if layout is None:
+            layout = Layout(chips=self.replicas)
+        elif not isinstance(layout, Layout):
+            raise SpecError("layout", "", f"must be a fidoperf.specs.layout.Layout, got {type(layout).__name__}")
+        elif self.replicas != 1 and (layout.pooled or self.replicas != layout.replicas):
+            raise SpecError("--replicas", "", f"{self.replicas} replicas given, but the layout ({layout.label()}) "
+                                              f"has {'separate pools' if layout.pooled else layout.replicas}")
+        object.__setattr__(self, "layout", layout)
+        object.__setattr__(self, "replicas", layout.replicas)
 
 
 @dataclass(frozen=True)
@@ -239,11 +285,15 @@ def read_trace(path: str | Path, limit: int | None = None) -> Requests:
 
 class _Engine:
     """One run of the discrete-event simulation (SimPy). The waiting queue is FIFO, so
-    it is the range of requests [head, arrived): nothing but two counters."""
+    it is the range of requests [head, arrived): nothing but two counters. A server is
+    one replica (its T chips act as one); with separate pools, encoder replicas take
+    from that queue and decoder replicas from the queue of encoded requests."""
 
     def __init__(self, svc: ServiceModel, reqs: Requests, serving: Serving, rng: np.random.Generator):
         self.svc, self.serving, self.rng = svc, serving, rng
-        self.env = simpy.Environment()
+        self.layout = svc.layout
+        self.pooled = self.layout.pooled
+        env = self.env = simpy.Environment()
         n = self.n = len(reqs)
         self.arrival = reqs.arrival_s.tolist()
         self.P, self.N, self.T = reqs.passages.tolist(), reqs.passage_len.tolist(), reqs.target_len.tolist()
@@ -254,27 +304,68 @@ class _Engine:
         self.head = 0  # oldest request not yet taken by a chip
         self.arrived = 0  # requests that have arrived
         self.in_system = 0
-        self.wake = self.env.event()
+        self.wake = env.event()
         nan = math.nan
         self.start, self.first, self.finish = [nan] * n, [nan] * n, [nan] * n
-        self.replica, self.batch = [-1] * n, [0] * n
+        self.encoded, self.joined = [nan] * n, [nan] * n
+        self.replica, self.source, self.batch = [-1] * n, [-1] * n, [0] * n
         self.q_time, self.q_wait, self.q_sys = [0.0], [0], [0]
-        self.busy_s = 0.0
+        self.busy_s = 0.0  # replica-seconds busy (both pools)
+        self.enc_busy_s = 0.0  # pools: encoder replica-seconds busy
+        self.link_busy_s = 0.0  # pools: seconds of shipping, summed over shipments
         self.decode_s = 0.0
         self.decode_batch_s = 0.0  # sum of batch x duration over decoding
         # static: the batch forming at the head of the queue
         self._form = (0, 0, 0, 0, False)  # (count, P max, N max, T max, full)
+        if self.pooled:
+            L = self.layout
+            E, D = L.encoder_replicas, L.decoder_replicas
+            self.enc_bytes = svc.requests_bytes(reqs.passages, reqs.passage_len, reqs.target_len, side="encoder")
+            self.enc_free = svc.enc_free_bytes
+            self.enc_max_batch = min(serving.max_batch, svc.enc_max_batch)
+            self.enc_held = [0] * E  # bytes of requests encoded or encoding, not yet shipped
+            self.enc_hold = [0] * n  # what each of those holds on its encoder replica
+            self.enc_freed = [env.event() for _ in range(E)]
+            self.send_free_s = [0.0] * E  # when each replica's links are free to send / receive
+            self.recv_free_s = [0.0] * D
+            self.dec_queue: deque = deque()  # encoded, not yet taken by a decoder replica
+            self.dec_wake = env.event()
+            self.landed: list[list[int]] = [[] for _ in range(D)]  # shipped to replica d, not yet joined
+            self.landed_ev = [env.event() for _ in range(D)]
 
     # ----------------------------------------------------------------- shared
 
     def run(self) -> _Engine:
         env = self.env
         env.process(self._arrivals())
-        server = self._static if self.serving.policy == "static" else self._continuous
-        for r in range(self.serving.replicas):
-            env.process(server(r))
+        static = self.serving.policy == "static"
+        if self.pooled:
+            enc, dec = (self._enc_static, self._dec_static) if static else (self._enc_continuous,
+                                                                            self._dec_continuous)
+            for e in range(self.layout.encoder_replicas):
+                env.process(enc(e))
+            for d in range(self.layout.decoder_replicas):
+                env.process(dec(d))
+        else:
+            server = self._static if static else self._continuous
+            for r in range(self.serving.replicas):
+                env.process(server(r))
         env.run()
         return self
+
+    def utilisation(self, span: float) -> dict[str, float]:
+        """Busy fractions over ``span`` seconds: of all chips (every chip of a busy
+        replica counts as busy), and with pools of each pool and of the links."""
+        if not span > 0:
+            return {"utilisation": math.nan}
+        L = self.layout
+        if not self.pooled:
+            return {"utilisation": self.busy_s / (L.replicas * span)}
+        E, D = L.encoder_replicas, L.decoder_replicas
+        dec_busy = self.busy_s - self.enc_busy_s
+        return {"utilisation": self.busy_s / ((E + D) * span), "encoder_utilisation": self.enc_busy_s / (E * span),
+                "decoder_utilisation": dec_busy / (D * span),
+                "link_utilisation": self.link_busy_s / (min(E, D) * span)}
 
     def _log(self) -> None:
         self.q_time.append(self.env.now)
@@ -315,17 +406,20 @@ class _Engine:
         """Extend the forming batch over newly arrived requests; returns its state."""
         k, Pm, Nm, Tm, full = self._form
         svc, P, N, T = self.svc, self.P, self.N, self.T
+        # with pools, the encoder pool's batch: its memory and cap (the decoder pool forms its own)
+        cap, free = (self.enc_max_batch, self.enc_free) if self.pooled else (self.max_batch, self.free)
+        need = svc.enc_request_bytes if self.pooled else svc.request_bytes
         while not full and self.head + k < self.arrived:
-            if k == self.max_batch:
+            if k == cap:
                 full = True
                 break
             i = self.head + k
             p, n_, t = max(Pm, P[i]), max(Nm, N[i]), max(Tm, T[i])
-            if (k + 1) * svc.request_bytes(p, n_, t) > self.free:
+            if (k + 1) * need(p, n_, t) > free:
                 full = True
                 break
             k, Pm, Nm, Tm = k + 1, p, n_, t
-        full = full or k == self.max_batch
+        full = full or k == cap
         self._form = (k, Pm, Nm, Tm, full)
         return self._form
 
@@ -355,8 +449,9 @@ class _Engine:
             now = env.now
             for i in range(first_id, first_id + k):
                 self.start[i] = now
+                self.encoded[i] = self.joined[i] = now + enc
                 self.first[i] = now + enc + step1
-                self.replica[i] = r
+                self.replica[i] = self.source[i] = r
                 self.batch[i] = k
             yield env.timeout(enc + dec)
             for i in range(first_id, first_id + k):
@@ -396,11 +491,13 @@ class _Engine:
                 self._log()
                 now = env.now
                 for i in range(first_id, first_id + k):
-                    self.start[i], self.replica[i], self.batch[i] = now, r, k
-                enc = svc.encode_passages_time_s(p_sum, n_max) * self._noise()
+                    self.start[i], self.replica[i], self.source[i], self.batch[i] = now, r, r, k
+                enc = svc.encode_passages_time_s(p_sum, n_max, svc.kv_passages(k, p_sum)) * self._noise()
                 yield env.timeout(enc)
                 self.busy_s += enc
+                now = env.now
                 for i in range(first_id, first_id + k):
+                    self.encoded[i] = self.joined[i] = now
                     heapq.heappush(running, (steps + T[i], i))
                     started += steps
                     x_sum += P[i] * N[i]
@@ -444,6 +541,276 @@ class _Engine:
                 self.in_system -= done
                 self._log()
 
+    # ----------------------------------------------------------------- separate pools
+    #
+    # Encoder replicas take requests from the arrival queue, encode them (and project the
+    # cross-attention keys and values when those are what is shipped), and keep them in
+    # memory until they have been shipped; encoded requests wait in a second FIFO queue.
+    # A decoder replica pulls the oldest encoded requests when it has room for them (the
+    # pull of DistServe, Zhong et al., OSDI 2024, arXiv 2401.09670: the encoder pool's
+    # memory is the queue, so the decoder pool never takes more than it holds); a
+    # shipment holds the sender's and the receiver's links (one shipment at a time on
+    # each, in the order they are asked for), and the requests join the decoding batch
+    # at the first step boundary after it lands.
+    # Decoding is never paused by an encode: the decoder replica only stops for the
+    # projection of keys and values when it receives encoder outputs.
+
+    def _event(self, name: str, idx: int):
+        """The pending event ``name[idx]`` (a fresh one once the old has fired)."""
+        events = getattr(self, name)
+        if events[idx].triggered:
+            events[idx] = self.env.event()
+        return events[idx]
+
+    def _fire(self, name: str, idx: int) -> None:
+        ev = getattr(self, name)[idx]
+        if not ev.triggered:
+            ev.succeed()
+
+    def _dec_wake_event(self):
+        if self.dec_wake.triggered:
+            self.dec_wake = self.env.event()
+        return self.dec_wake
+
+    def _reserve_link(self, e: int, d: int, tokens: float) -> tuple[float, float]:
+        """(start, end) of a shipment of ``tokens`` tokens from encoder replica e to
+        decoder replica d: each replica's links carry one shipment at a time, first come
+        first served in the order shipments are asked for."""
+        t = self.svc.ship_time_s(tokens)
+        start = max(self.env.now, self.send_free_s[e], self.recv_free_s[d])
+        self.send_free_s[e] = self.recv_free_s[d] = start + t
+        self.link_busy_s += t
+        return start, start + t
+
+    def _ship(self, ids: list[int], d: int, padded: tuple[int, int] | None = None):
+        """Ship requests ``ids`` to decoder replica d, one shipment per encoder replica
+        they come from (``padded``: as P x N tokens each, a static batch's shape);
+        frees their memory on the encoder side as each lands."""
+        env, P, N = self.env, self.P, self.N
+        groups: dict[int, list[int]] = {}
+        for i in ids:
+            groups.setdefault(self.source[i], []).append(i)
+        for e, group in groups.items():
+            tokens = len(group) * padded[0] * padded[1] if padded else sum(P[i] * N[i] for i in group)
+            _, end = self._reserve_link(e, d, float(tokens))
+            yield env.timeout(end - env.now)
+            self.enc_held[e] -= sum(self.enc_hold[i] for i in group)
+            self._fire("enc_freed", e)
+
+    def _enc_continuous(self, e: int):
+        env, svc = self.env, self.svc
+        P, N, need = self.P, self.N, self.enc_bytes
+        free, cap = self.enc_free, self.enc_max_batch
+        while True:
+            if self.head == self.arrived:
+                yield self._wait_arrival()
+                continue
+            yield from self._settle()
+            k, p_sum, n_max, held = 0, 0, 0, self.enc_held[e]
+            while self.head + k < self.arrived and k < cap and held + need[self.head + k] <= free:
+                i = self.head + k
+                held += need[i]
+                p_sum += P[i]
+                n_max = max(n_max, N[i])
+                k += 1
+            if not k:
+                if self.head < self.arrived:  # memory holds requests not yet shipped
+                    yield self._event("enc_freed", e)
+                continue
+            first_id = self.head
+            self.head += k
+            self.enc_held[e] = held
+            self._log()
+            now = env.now
+            for i in range(first_id, first_id + k):
+                self.start[i], self.source[i], self.batch[i] = now, e, k
+                self.enc_hold[i] = need[i]
+            enc = svc.encode_passages_time_s(p_sum, n_max, svc.kv_passages(k, p_sum)) * self._noise()
+            yield env.timeout(enc)
+            self.busy_s += enc
+            self.enc_busy_s += enc
+            now = env.now
+            for i in range(first_id, first_id + k):
+                self.encoded[i] = now
+                self.dec_queue.append(i)
+            if not self.dec_wake.triggered:
+                self.dec_wake.succeed()
+
+    def _dec_continuous(self, d: int):
+        env, svc = self.env, self.svc
+        P, N, T, need = self.P, self.N, self.T, self.bytes
+        max_batch, free = self.max_batch, self.free
+        queue, landed = self.dec_queue, self.landed[d]
+        running: list[tuple[int, int]] = []  # heap of (replica step at which it finishes, request)
+        steps = started = x_sum = 0  # as in _continuous
+        held = 0  # bytes of the running requests and of those being shipped here
+        incoming = 0  # requests being shipped here
+        fresh: list[int] = []
+        while True:
+            b = len(running)
+            # pull the oldest encoded requests that fit
+            pulled = []
+            while queue and b + incoming + len(pulled) < max_batch and held + need[queue[0]] <= free:
+                i = queue.popleft()
+                held += need[i]
+                self.replica[i] = d
+                pulled.append(i)
+            if pulled:
+                incoming += len(pulled)
+                env.process(self._ship_to(pulled, d))
+            # requests whose shipment landed join at this step boundary
+            if landed:
+                ids = landed[:]
+                landed.clear()
+                k = len(ids)
+                incoming -= k
+                p_sum = sum(P[i] for i in ids)
+                join = svc.join_time_s(svc.kv_passages(k, p_sum), max(N[i] for i in ids))
+                if join:
+                    join *= self._noise()
+                    yield env.timeout(join)
+                    self.busy_s += join
+                now = env.now
+                for i in ids:
+                    self.joined[i] = now
+                    self.batch[i] = k
+                    heapq.heappush(running, (steps + T[i], i))
+                    started += steps
+                    x_sum += P[i] * N[i]
+                    fresh.append(i)
+                b += k
+            watch = []
+            if incoming:
+                watch.append(self._event("landed_ev", d))
+            if not queue and b + incoming < max_batch:
+                watch.append(self._dec_wake_event())
+            if not b:
+                if queue and not incoming and not pulled:
+                    raise SpecError("simulate", "", "internal: an idle decoder replica cannot take a request")
+                yield env.any_of(watch) if len(watch) > 1 else watch[0]
+                continue
+            # decode until a completion; stop at the next step boundary if a shipment lands
+            # or a request is encoded meanwhile
+            t_mean = steps - started / b + 1.0
+            x_mean = x_sum / b
+            k_steps = running[0][0] - steps
+            g = self._noise(k_steps)
+            dur = svc.decode_run_time_s(b, x_mean, t_mean, k_steps) * g
+            t0 = env.now
+            if fresh:
+                t1 = t0 + svc.decode_run_time_s(b, x_mean, t_mean, 1) * g
+                for i in fresh:
+                    self.first[i] = t1
+                fresh.clear()
+            if watch:
+                timer = env.timeout(dur)
+                yield env.any_of([timer, *watch])
+                if not timer.processed:
+                    elapsed = env.now - t0
+                    k_steps = svc.steps_until(b, x_mean, t_mean, k_steps, elapsed / g)
+                    dur = svc.decode_run_time_s(b, x_mean, t_mean, k_steps) * g
+                    if dur > elapsed:
+                        yield env.timeout(dur - elapsed)
+            else:
+                yield env.timeout(dur)
+            self.busy_s += dur
+            self.decode_s += dur
+            self.decode_batch_s += b * dur
+            steps += k_steps
+            done = 0
+            while running and running[0][0] <= steps:
+                end, i = heapq.heappop(running)
+                self.finish[i] = env.now
+                started -= end - T[i]
+                x_sum -= P[i] * N[i]
+                held -= need[i]
+                done += 1
+            if done:
+                self.in_system -= done
+                self._log()
+
+    def _ship_to(self, ids: list[int], d: int):
+        yield from self._ship(ids, d)
+        self.landed[d].extend(ids)
+        self._fire("landed_ev", d)
+
+    def _enc_static(self, e: int):
+        env, svc = self.env, self.svc
+        max_wait = self.serving.max_wait_s
+        while True:
+            if self.head == self.arrived:
+                yield self._wait_arrival()
+                continue
+            yield from self._settle()
+            k, Pm, Nm, Tm, full = self._form_batch()
+            if k == 0:
+                continue
+            deadline = self.arrival[self.head] + max_wait
+            if not full and env.now < deadline:
+                yield env.any_of([env.timeout(deadline - env.now), self._wait_arrival()])
+                continue
+            first_id = self.head
+            self.head += k
+            self._form = (0, 0, 0, 0, False)
+            self._log()
+            per = svc.enc_request_bytes(Pm, Nm, Tm)
+            while self.enc_held[e] + k * per > self.enc_free:  # earlier batches not yet shipped
+                yield self._event("enc_freed", e)
+            self.enc_held[e] += k * per
+            now = env.now
+            for i in range(first_id, first_id + k):
+                self.start[i], self.source[i], self.enc_hold[i] = now, e, per
+            enc = svc.encode_time_s(k, Pm, Nm) * self._noise()
+            yield env.timeout(enc)
+            self.busy_s += enc
+            self.enc_busy_s += enc
+            now = env.now
+            for i in range(first_id, first_id + k):
+                self.encoded[i] = now
+                self.dec_queue.append(i)
+            if not self.dec_wake.triggered:
+                self.dec_wake.succeed()
+
+    def _dec_static(self, d: int):
+        """A free decoder replica takes the oldest encoded requests, up to the batch cap
+        and as many as fit its memory padded to their largest P, N and T, pulls them, and
+        decodes them as one batch to its longest output."""
+        env, svc = self.env, self.svc
+        P, N, T, queue = self.P, self.N, self.T, self.dec_queue
+        while True:
+            if not queue:
+                yield self._dec_wake_event()
+                continue
+            k, Pm, Nm, Tm = 0, 0, 0, 0
+            while k < len(queue) and k < self.max_batch:
+                i = queue[k]
+                p, n_, t = max(Pm, P[i]), max(Nm, N[i]), max(Tm, T[i])
+                if (k + 1) * svc.request_bytes(p, n_, t) > self.free:
+                    break
+                k, Pm, Nm, Tm = k + 1, p, n_, t
+            ids = [queue.popleft() for _ in range(k)]
+            for i in ids:
+                self.replica[i], self.batch[i] = d, k
+            yield from self._ship(ids, d, padded=(Pm, Nm))  # this replica is idle meanwhile
+            join = svc.join_time_s(svc.kv_passages(k, k * Pm), Nm)
+            if join:
+                join *= self._noise()
+            g = self._noise(Tm)
+            step1 = svc.decode_run_time_s(k, Pm * Nm, 1.0, 1) * g
+            dec = svc.decode_run_time_s(k, Pm * Nm, 1.0, Tm) * g
+            now = env.now
+            for i in ids:
+                self.joined[i] = now + join
+                self.first[i] = now + join + step1
+            yield env.timeout(join + dec)
+            for i in ids:
+                self.finish[i] = env.now
+            self.busy_s += join + dec
+            self.decode_s += dec
+            self.decode_batch_s += k * dec
+            self.in_system -= k
+            self._log()
+
 
 # --------------------------------------------------------------------------- results
 
@@ -478,8 +845,9 @@ def _records(eng: _Engine, reqs: Requests, warmup: float) -> pd.DataFrame:
         tpot = np.where(T > 1, (finish - first) / np.maximum(T - 1, 1), np.nan)
     return pd.DataFrame({
         "request": np.arange(n), "arrival_s": arr, "passages": reqs.passages, "passage_len": reqs.passage_len,
-        "target_len": T, "replica": eng.replica, "batch": eng.batch, "start_s": start, "first_token_s": first,
-        "finish_s": finish, "queue_s": start - arr, "ttft_s": first - arr, "latency_s": finish - arr,
+        "target_len": T, "replica": eng.replica, "encoder_replica": eng.source, "batch": eng.batch, "start_s": start,
+        "encoded_s": eng.encoded, "joined_s": eng.joined, "first_token_s": first, "finish_s": finish,
+        "queue_s": start - arr, "ttft_s": first - arr, "latency_s": finish - arr,
         "tpot_s": tpot, "measured": np.arange(n) >= int(math.floor(warmup * n)),
     }, columns=RECORD_COLUMNS)
 
@@ -499,7 +867,7 @@ def _summary(eng: _Engine, rec: pd.DataFrame, offered_qps: float, capacity_qps: 
         "sustainable": sustainable,
         "steady_state": bool(sustainable and offered_qps <= steady_load_limit(len(rec)) * capacity_qps),
         "throughput_qps": len(rec) / span if span > 0 else math.nan,
-        "utilisation": eng.busy_s / (eng.serving.replicas * span) if span > 0 else math.nan,
+        **eng.utilisation(span),
         "mean_decode_batch": eng.decode_batch_s / eng.decode_s if eng.decode_s > 0 else math.nan,
         "max_waiting": int(max(eng.q_wait)),
         "makespan_s": span,
@@ -533,6 +901,12 @@ def _summary(eng: _Engine, rec: pd.DataFrame, offered_qps: float, capacity_qps: 
     return s
 
 
+def layout_label(layout: Layout) -> str:
+    """``layout.label()``, saying when the keys and values are sharded over the batch."""
+    sharded = layout.shard_kv == "batch" and layout.tensor_parallel > 1
+    return layout.label() + (", K/V sharded over the batch" if sharded else "")
+
+
 def steady_load_limit(requests: int) -> float:
     """The highest fraction of capacity at which a run of ``requests`` requests says
     something about the steady state: near saturation a queue relaxes over about
@@ -561,6 +935,9 @@ class Prepared:
     own_arrival_s: np.ndarray | None = None  # the trace's arrivals (None: unit_arrival_s)
     capacity_qps: float = math.nan
     trace: bool = False
+    arrivals: str = "poisson"  # as given to prepare (echoed in settings)
+    cv: float = 1.0
+    dists: Mapping[str, str] | None = None
 
     def __post_init__(self):
         if self.own_arrival_s is None:
@@ -603,7 +980,8 @@ def measure_capacity(prep: Prepared) -> float:
     """Requests per second the chips complete with the queue never empty: the same
     request sizes (cycled to enough requests to fill the chips many times over) all
     queued at time 0; completions between the 10th and 90th percentile."""
-    n_sat = max(2000, 20 * prep.service.max_batch * prep.serving.replicas)
+    L, svc = prep.serving.layout, prep.service
+    n_sat = max(2000, 20 * svc.max_batch * L.decoder_replicas, 20 * svc.enc_max_batch * L.encoder_replicas)
     sizes = tuple(np.resize(s, n_sat) for s in prep.sizes)
     reqs = Requests(np.zeros(n_sat), *sizes)
     eng = _Engine(prep.service, reqs, prep.serving, np.random.default_rng([prep.seed, 3])).run()
@@ -635,9 +1013,10 @@ def prepare(model: ModelSpec, hardware: Hardware, workload: Workload = Workload(
         arr = unit_arrivals(arrivals, n, np.random.default_rng([seed, 0]), cv)
         sizes = draw_sizes(workload, n, np.random.default_rng([seed, 1]), dists)
     svc = ServiceModel.build(model, hardware, workload, settings, passages=sizes[0], passage_len=sizes[1],
-                             target_len=sizes[2], max_batch=serving.max_batch, pad=serving.policy == "static")
+                             target_len=sizes[2], max_batch=serving.max_batch, pad=serving.policy == "static",
+                             layout=serving.layout, ship=serving.ship)
     prep = Prepared(model, hardware, workload, settings, serving, int(seed), arr, sizes, svc, own,
-                    trace=trace is not None)
+                    trace=trace is not None, arrivals=arrivals, cv=cv, dists=dists)
     prep.capacity_qps = measure_capacity(prep)
     return prep
 
@@ -660,6 +1039,11 @@ def _settings_dict(prep: Prepared, *, qps, arrivals, cv, trace, requests, dists,
         "batch_cap": min(s.max_batch, prep.service.max_batch),
         "max_wait_s": s.max_wait_s,
         "replicas": s.replicas,
+        "layout": s.layout.as_dict(),
+        "layout_label": layout_label(s.layout),
+        "chips": s.layout.total_chips,
+        "tensor_parallel": s.layout.tensor_parallel,
+        "shipped": prep.service.ship,
         "service_cv": s.service_cv,
         "passages": wl.passages,
         "passage_len": wl.passage_len,
@@ -676,6 +1060,9 @@ def _settings_dict(prep: Prepared, *, qps, arrivals, cv, trace, requests, dists,
         "percentile": percentile,
         "free_bytes": prep.service.free_bytes,
         "weight_bytes": prep.service.weight_bytes,
+        "encoder_free_bytes": prep.service.enc_free_bytes if s.layout.pooled else None,
+        "encoder_weight_bytes": prep.service.enc_weight_bytes if s.layout.pooled else None,
+        "encoder_batch_cap": min(s.max_batch, prep.service.enc_max_batch) if s.layout.pooled else None,
     }
 
 
@@ -685,8 +1072,11 @@ def simulate(model: ModelSpec, hardware: Hardware, workload: Workload = Workload
              policy: str = "continuous", max_batch: int = 128, max_wait_ms: float = 10.0, replicas: int = 1,
              service_cv: float = 0.0, dists: Mapping[str, str] | None = None, warmup: float = 0.1,
              latency_target_s: float | None = None, percentile: float = 99.0,
-             settings: Settings = Settings()) -> SimulationResult:
-    """Simulate serving ``model`` on ``replicas`` copies of ``hardware``.
+             settings: Settings = Settings(), layout: Layout | None = None,
+             ship: str | None = None) -> SimulationResult:
+    """Simulate serving ``model`` on chips of ``hardware`` spread as ``layout`` says
+    (default: ``replicas`` chips, each a full copy; see :class:`Serving`), with separate
+    pools shipping ``ship`` (None: what ``predict`` finds cheaper).
 
     Requests come at ``qps`` (``arrivals``: poisson, gamma with coefficient of variation
     ``cv``, or deterministic) or from ``trace`` (a CSV, see :func:`read_trace`);
@@ -707,7 +1097,7 @@ def simulate(model: ModelSpec, hardware: Hardware, workload: Workload = Workload
         if qps is None:
             raise SpecError("--qps", "", "give an arrival rate (or --trace FILE)")
         _positive("--qps", qps)
-    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv)
+    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv, layout, ship)
     prep = prepare(model, hardware, workload, arrivals=arrivals, cv=cv, trace=trace, requests=requests, seed=seed,
                    serving=serving, dists=dists, settings=settings)
     eng, rec, summary = prep.run(None if trace is not None else float(qps), warmup, latency_target_s, percentile)
@@ -766,7 +1156,8 @@ def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workloa
                          arrivals: str = "poisson", cv: float = 1.0, requests: int = 4000, seed: int = 0,
                          max_batch: int = 128, max_wait_ms: float = 10.0, replicas: int = 1,
                          service_cv: float = 0.0, dists: Mapping[str, str] | None = None, warmup: float = 0.1,
-                         rel_tol: float = 0.01, settings: Settings = Settings()) -> RateSearch:
+                         rel_tol: float = 0.01, settings: Settings = Settings(), layout: Layout | None = None,
+                         ship: str | None = None) -> RateSearch:
     """Search the arrival rate, bisecting in log(rate) with the same seed at every rate
     (the same draws, scaled), for the highest rate at which the load is sustainable and
     the ``percentile``-th percentile latency is at most ``target_s``.
@@ -779,13 +1170,22 @@ def max_sustainable_rate(model: ModelSpec, hardware: Hardware, workload: Workloa
     _positive("--percentile", percentile)
     if percentile > 100:
         raise SpecError("--percentile", "", f"must be at most 100, got {percentile!r}")
-    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv)
+    serving = Serving(policy, max_batch, max_wait_ms / 1e3, replicas, service_cv, layout, ship)
     prep = prepare(model, hardware, workload, arrivals=arrivals, cv=cv, requests=requests, seed=seed,
                    serving=serving, dists=dists, settings=settings)
+    return search_rate(prep, target_s=target_s, percentile=percentile, warmup=warmup, rel_tol=rel_tol)
+
+
+def search_rate(prep: Prepared, *, target_s: float, percentile: float = 99.0, warmup: float = 0.1,
+                rel_tol: float = 0.01) -> RateSearch:
+    """:func:`max_sustainable_rate` on requests already drawn and a service model
+    already built (:func:`prepare`, without a trace)."""
+    _positive("--latency-ms", target_s)
     cap = prep.capacity_qps
     floor = float(np.percentile(prep.lone_latencies_s(), percentile))
-    st = _settings_dict(prep, qps=None, arrivals=arrivals, cv=cv, trace=None, requests=requests, dists=dists,
-                        warmup=warmup, target_s=target_s, percentile=percentile)
+    requests = len(prep.unit_arrival_s)
+    st = _settings_dict(prep, qps=None, arrivals=prep.arrivals, cv=prep.cv, trace=None, requests=requests,
+                        dists=prep.dists, warmup=warmup, target_s=target_s, percentile=percentile)
     st["rel_tol"] = rel_tol
     rows: list[dict[str, Any]] = []
     cache: dict[float, dict[str, Any]] = {}
