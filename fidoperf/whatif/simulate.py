@@ -66,7 +66,6 @@ Units: seconds, bytes, queries per second.
 
 from __future__ import annotations
 
-import csv
 import heapq
 import math
 from collections import deque
@@ -83,6 +82,7 @@ from ..costmodel.prediction import Settings
 from ..errors import SpecError
 from ..specs import Hardware, ModelSpec, Workload
 from ..specs.layout import Layout
+from ..specs.tables import read_table
 from .service import ServiceModel
 
 POLICIES = ("static", "continuous")
@@ -214,70 +214,21 @@ def draw_sizes(workload: Workload, n: int, rng: np.random.Generator,
 def read_trace(path: str | Path, limit: int | None = None) -> Requests:
     """A trace CSV: a header with exactly the columns ``arrival_s, passages,
     passage_len, target_len`` (any order), one request a row; arrival_s in seconds,
-    not decreasing; the others whole numbers of at least 1. Errors name the file, the
-    line and the column."""
-    # TODO(merge): switch to fidoperf.specs.tables.read_table when the loaders branch lands.
-    path = Path(path)
-    where = str(path)
-    try:
-        fh = open(path, newline="", encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise SpecError(where, "", f"cannot read the trace: {err.strerror}") from None
-    cols: dict[str, list] = {c: [] for c in TRACE_COLUMNS}
-    with fh:
-        reader = csv.reader(fh)
-        try:
-            header = next(reader)
-        except StopIteration:
-            raise SpecError(where, "", f"empty file: expected a header {', '.join(TRACE_COLUMNS)}") from None
-        except (csv.Error, UnicodeDecodeError) as err:
-            raise SpecError(where, "line 1", f"not a CSV file: {err}") from None
-        header = [h.strip() for h in header]
-        unknown = [h for h in header if h not in TRACE_COLUMNS]
-        missing = [c for c in TRACE_COLUMNS if c not in header]
-        if unknown or missing or len(set(header)) != len(header):
-            problem = "; ".join(p for p in (
-                f"unknown column(s) {', '.join(map(repr, unknown))}" if unknown else "",
-                f"missing column(s) {', '.join(missing)}" if missing else "",
-                "repeated column" if len(set(header)) != len(header) else "") if p)
-            raise SpecError(where, "header", f"{problem} (expected {', '.join(TRACE_COLUMNS)})")
-        index = {c: header.index(c) for c in TRACE_COLUMNS}
-        last = -math.inf
-        try:
-            for row in reader:
-                line = reader.line_num
-                if not row or all(not x.strip() for x in row):
-                    continue
-                if limit is not None and len(cols["arrival_s"]) >= limit:
-                    break
-                if len(row) != len(header):
-                    raise SpecError(where, f"line {line}", f"expected {len(header)} fields, got {len(row)}")
-                for c in TRACE_COLUMNS:
-                    text = row[index[c]].strip()
-                    try:
-                        v = float(text)
-                    except ValueError:
-                        raise SpecError(where, f"line {line}, column {c}", f"not a number: {text!r}") from None
-                    if c == "arrival_s":
-                        if not math.isfinite(v) or v < 0:
-                            raise SpecError(where, f"line {line}, column {c}",
-                                            f"must be a time in seconds of at least 0, got {text!r}")
-                        if v < last:
-                            raise SpecError(where, f"line {line}, column {c}",
-                                            f"arrivals must not go back in time ({v:g} after {last:g})")
-                        last = v
-                    elif not math.isfinite(v) or v != int(v) or v < 1:
-                        raise SpecError(where, f"line {line}, column {c}",
-                                        f"must be a whole number of at least 1, got {text!r}")
-                    cols[c].append(v)
-        except csv.Error as err:
-            raise SpecError(where, f"line {reader.line_num}", f"malformed CSV: {err}") from None
-        except UnicodeDecodeError:
-            raise SpecError(where, "", "not a UTF-8 text file") from None
-    if not cols["arrival_s"]:
-        raise SpecError(where, "", "the trace has a header but no requests")
-    return Requests(np.asarray(cols["arrival_s"], dtype=float), *(np.asarray(cols[c], dtype=np.int64)
-                                                                   for c in SIZE_FIELDS))
+    at least 0 and not decreasing; the others whole numbers of at least 1. Errors name
+    the file, the row (the header is row 1) and the column. ``limit`` keeps the first
+    requests only."""
+    kinds = {"arrival_s": "float", "passages": "positive_int", "passage_len": "positive_int",
+             "target_len": "positive_int"}
+    table = read_table(path, kinds, "--trace")
+    if limit is not None:
+        table = table.iloc[: int(limit)]
+    arrival = table["arrival_s"].to_numpy(dtype=float)
+    back = np.flatnonzero(np.diff(arrival) < 0)
+    if back.size:
+        i = int(back[0]) + 1
+        raise SpecError(f"--trace {path}", f"row {i + 2}, column arrival_s",
+                        f"arrivals must not go back in time ({arrival[i]:g} after {arrival[i - 1]:g})")
+    return Requests(arrival, *(table[c].to_numpy(dtype=np.int64) for c in SIZE_FIELDS))
 
 
 # --------------------------------------------------------------------------- the engine
