@@ -16,19 +16,24 @@
 # %% [markdown]
 # # What if? Passages, batch, K, key/value heads, decoder size and chip
 #
-# A guided sweep with `fidoperf.sweep`: the roofline model over a grid of FiD/FiDO configurations,
+# A guided sweep with `fidoperf.sweep`: fidoperf's model over a grid of FiD/FiDO configurations,
 # evaluated with numpy broadcasting (thousands of rows in well under a second). The base is FiD-Base
 # on TPU v4 in the paper's setting (40 passages x 256 tokens, 32 target tokens, batch 24, bf16); each
 # knob below replaces one field. Combinations that cannot exist (kv heads that do not divide the
 # query heads) stay in the table with the reason, and rows whose batch does not fit in HBM are
-# marked. All times are roofline predictions (100% of peak and bandwidth), not measurements. Units:
-# ms, GB (1e9 B). Regenerate with `python notebooks/run_notebooks.py 02`.
+# marked. All times are predictions with the default settings, the **derated** model (each chip's
+# per-kernel efficiencies from published measurements, fixed costs per kernel and launch, the
+# profile's default implementation: XLA on TPU, tuned kernels on GPU; see the README), not
+# measurements; `settings=fp.Settings(efficiency="roofline")` gives the datasheet lower bound.
+# Sections 6 and 7 simulate serving under load (queueing, batching, several chips).
+# Units: ms, GB (1e9 B), queries/s. Regenerate with `python notebooks/run_notebooks.py 02`.
 
 # %%
 # %matplotlib inline
 # %config InlineBackend.figure_formats = ["png"]
 # %config InlineBackend.print_figure_kwargs = {"bbox_inches": "tight", "dpi": 80}
 
+import json
 import time
 
 import matplotlib.pyplot as plt
@@ -40,7 +45,9 @@ from fidoperf.present import plots
 from fidoperf.present.fmt import text_table
 from fidoperf.present.plan_report import best_table, summary_line
 from fidoperf.sweep import best, parse_vary, sweep
-from fidoperf.whatif.plan import ASSUMPTIONS, plan
+from fidoperf.present import serving_plots
+from fidoperf.whatif import simulate
+from fidoperf.whatif.plan import ServingPlan, assumptions, plan
 
 pd.set_option("display.width", 160)
 pd.set_option("display.max_columns", 30)
@@ -149,7 +156,7 @@ for ax, field in zip(axes.flat, labels):
     ax.set_ylabel("time per sample (ms)")
     ax.grid(True, color="0.9", lw=0.6)
 axes.flat[0].legend(fontsize=7, loc="upper left")
-fig.suptitle("FiDO-Base on TPU v4, one field changed at a time (roofline)", fontsize=10)
+fig.suptitle("FiDO-Base on TPU v4, one field changed at a time (derated model)", fontsize=10)
 plt.show()
 
 # %%
@@ -269,7 +276,7 @@ plt.show()
 step_models = [fp.load_model(m) for m in ("fid-base", "fido-base", "fido-base-xl")]
 steps = plots.decoder_step_table(step_models, base_hw)
 fig, ax = plt.subplots(figsize=(8.5, 5.2))
-plots.decoder_step_vs(ax, steps, title=f"Decoder time per step on {base_hw.name} (roofline)")
+plots.decoder_step_vs(ax, steps, title=f"Decoder time per step on {base_hw.name} (derated model)")
 plt.show()
 
 # %%
@@ -289,22 +296,29 @@ display(Markdown(
 # %% [markdown]
 # ## 6. A capacity plan
 #
-# `fidoperf.plan` answers: how many chips, at which batch size, serve **200 queries/s with at most
-# 1 s latency** per query, for each model and chip? Latency is the time of the whole batch a query is
-# served in; every chip holds a full copy of the model; the assumptions are printed below the table.
-# Only TPU v4 has a list price in its profile: the GPUs have no cost and rank by chips after it.
+# `fidoperf.plan` answers: how many chips, spread how, serve **200 queries/s with a p99 latency of at
+# most 1 s**, for each model and chip? It *simulates* the serving (continuous batching, Poisson
+# arrivals, queueing included) rather than dividing throughput by a batch time: for every (model,
+# chip) pair it prunes the parallel layouts (one chip; replicas of T chips under tensor parallelism;
+# separate encoder and decoder pools in several ratios) that cannot fit or cannot meet the target even
+# alone, searches the highest rate per unit of the others by simulation, and keeps the layout needing
+# the fewest chips. The time budget is large here so that every layout is evaluated and the plan does
+# not depend on the speed of the machine; the assumptions are printed below the table. Only TPU v4 has
+# a list price in its profile: the GPUs have no cost and rank by chips after it.
 
 # %%
 plan_models = [fp.load_model(m) for m in ("fid-base", "fido-base", "fido-base-xl", "fido-large-xxl")]
 plan_hw = [fp.load_hardware(h) for h in ("tpu-v4", "a100-80gb", "h100-sxm")]
-capacity = plan(plan_models, plan_hw, base_wl, qps=200, latency_ms=1000)
+t0 = time.perf_counter()
+capacity = plan(plan_models, plan_hw, base_wl, qps=200, latency_ms=1000, serving=ServingPlan(time_budget_s=900))
+print(f"planned in {time.perf_counter() - t0:.0f} s")
 print(summary_line(capacity))
 display(Markdown(text_table(best_table(capacity), markdown=True)))
 for note in capacity.notes:
     print("note:", note)
 
 # %%
-display(Markdown("**Assumptions**\n\n" + "\n".join(f"- {a}" for a in ASSUMPTIONS)))
+display(Markdown("**Assumptions**\n\n" + "\n".join(f"- {a}" for a in assumptions(capacity.serving))))
 
 # %%
 for title, caption, ax in plots.plan_figures(capacity):
@@ -314,9 +328,12 @@ for title, caption, ax in plots.plan_figures(capacity):
 # %%
 b = capacity.best[capacity.best["feasible"]]
 chips_by = b.pivot(index="model", columns="hardware", values="chips")
-display(Markdown("**Chips needed for 200 queries/s within 1 s**"))
-display(chips_by.loc[[m.name for m in plan_models], [h.name for h in plan_hw]])
-fewest = b.sort_values(["chips", "batch_time_s"]).iloc[0]
+layout_by = b.pivot(index="model", columns="hardware", values="layout")
+display(Markdown("**Chips needed for 200 queries/s at p99 <= 1 s (layout chosen)**"))
+display(chips_by.astype(int).astype(str).add(" (").add(layout_by).add(")")
+        .loc[[m.name for m in plan_models], [h.name for h in plan_hw]])
+fewest = b.sort_values(["chips", "latency_s"]).iloc[0]
+pooled = b[b["layout"].str.startswith("enc")]
 
 
 def chips_of(model):
@@ -324,8 +341,86 @@ def chips_of(model):
 
 
 display(Markdown(
-    f"Fewest chips: {int(fewest['chips'])} x {fewest['hardware']} running {fewest['model']} at batch "
-    f"{int(fewest['batch'])} (latency {1e3 * fewest['batch_time_s']:.0f} ms). FiD-Base needs "
+    f"Fewest chips: {int(fewest['chips'])} x {fewest['hardware']} running {fewest['model']} "
+    f"({fewest['layout']}, p99 {1e3 * fewest['latency_s']:.0f} ms). FiD-Base needs "
     f"{chips_of('fid-base')}; FiDO-Base {chips_of('fido-base')}; FiDO-Base-XL, with its XL decoder, "
-    f"{chips_of('fido-base-xl')}; FiDO-Large-XXL {chips_of('fido-large-xxl')}. Queueing delay is not "
-    "counted (see the assumptions), so a real deployment needs some headroom on top."))
+    f"{chips_of('fido-base-xl')}; FiDO-Large-XXL {chips_of('fido-large-xxl')}. "
+    f"{len(pooled)} of the {len(b)} plans serve from separate encoder and decoder pools: "
+    "the decoding batch then never waits for a newcomer's encode."))
+
+# %% [markdown]
+# ## 7. Latency under load
+#
+# What the plan searches, drawn: `fidoperf.whatif.simulate` runs a discrete-event simulation of one
+# chip serving Poisson arrivals (4,000 requests per rate, the first 10% left out) in the paper's
+# setting, with **static** batching (a batch is formed when the chip is free, waiting at most 10 ms to
+# fill, and decoded to its longest output) or **continuous** batching (requests join the decoding
+# batch at step boundaries; their encodes pause decoding). Every encode and decoding step takes the
+# time `predict` gives for the batch as composed. The curves are p50 (dashed) and p99 (solid) latency
+# against offered load up to 95% of the chip's capacity (dotted verticals: the rate served with the
+# queue never empty).
+
+# %%
+sim_models = [fp.load_model(m) for m in ("fid-base", "fido-base")]
+sim_hw = [fp.load_hardware(h) for h in ("tpu-v4", "h100-sxm")]
+curves, capacities, rates = {}, {}, []
+for h in sim_hw:
+    for m in sim_models:
+        for policy in ("static", "continuous"):
+            prep = simulate.prepare(m, h, base_wl, requests=4000, serving=simulate.Serving(policy=policy))
+            label = f"{m.name}, {policy}"
+            curves[(h.name, label)] = simulate.load_curve(prep)
+            capacities[(h.name, label)] = prep.capacity_qps
+            for target_ms in (100, 1000):
+                r = simulate.search_rate(prep, target_s=target_ms / 1e3)
+                rates.append({"chip": h.name, "model": m.name, "policy": policy, "target p99 (ms)": target_ms,
+                              "queries/s": round(r.rate_qps, 1), "at the cap": r.reason.startswith("the target holds"),
+                              "p99 (ms)": round(1e3 * r.latency_s, 1),
+                              "alone p99 (ms)": round(1e3 * r.floor_latency_s, 1),
+                              "capacity (queries/s)": round(prep.capacity_qps, 1)})
+
+fig, axes = plt.subplots(1, 2, figsize=(13, 4.8), constrained_layout=True)
+for ax, h in zip(axes, sim_hw):
+    mine = {label: c for (chip, label), c in curves.items() if chip == h.name}
+    caps = {label: c for (chip, label), c in capacities.items() if chip == h.name}
+    serving_plots.latency_vs_load(ax, mine, capacity_qps=caps, log_x=True, target_s=0.1,
+                                  title=f"One {h.name}: latency against offered load")
+plt.show()
+
+# %%
+rate_table = pd.DataFrame(rates)
+display(Markdown("**Highest rate per chip whose p99 latency meets the target** (0: not even a request "
+                 "served alone meets it; *at the cap*: the target still holds at the highest load a run of 4,000 "
+                 "requests speaks for, 95.3% of capacity, so the rate is a lower bound)"))
+display(rate_table)
+print("serving: " + json.dumps({"rows": rate_table.to_dict(orient="records")}))  # for machines
+r = rate_table.set_index(["chip", "model", "policy", "target p99 (ms)"])
+q, alone, cap = r["queries/s"], r["alone p99 (ms)"], r["capacity (queries/s)"]
+
+
+def gain(chip, policy, target):
+    return q.loc[(chip, "fido-base", policy, target)] / q.loc[(chip, "fid-base", policy, target)]
+
+
+def better(chip, model, target):
+    s, c = q.loc[(chip, model, "static", target)], q.loc[(chip, model, "continuous", target)]
+    if s == c:
+        return f"{model} on {chip} at {target} ms: a tie ({s:.1f})"
+    return f"{model} on {chip} at {target} ms: {'static' if s > c else 'continuous'} ({max(s, c):.1f} vs {min(s, c):.1f})"
+
+
+tpu, h100 = (h.name for h in sim_hw)
+display(Markdown(
+    "With continuous batching, FiDO-Base serves "
+    + ", ".join(f"{gain(h.name, 'continuous', 1000):.1f}x the queries of FiD-Base on one {h.name}" for h in sim_hw)
+    + " under a 1 s target, close to the ratio of their capacities ("
+    + ", ".join(f"{cap.loc[(h.name, 'fido-base', 'continuous', 1000)] / cap.loc[(h.name, 'fid-base', 'continuous', 1000)]:.1f}x"
+                for h in sim_hw)
+    + "); under 100 ms the gain is "
+    + ", ".join(f"{gain(h.name, 'continuous', 100):.1f}x" for h in sim_hw)
+    + f", because a FiD-Base request served alone already takes {alone.loc[(tpu, 'fid-base', 'continuous', 100)]:.0f} ms "
+    f"of the 100 on {tpu} ({alone.loc[(h100, 'fid-base', 'continuous', 100)]:.0f} ms on {h100}), leaving little room "
+    "to queue and batch. Neither batching policy wins everywhere: "
+    + "; ".join(better(h.name, m.name, t) for h in sim_hw for m in sim_models for t in (100, 1000))
+    + ". Continuous batching starts a newcomer at the next step, but on one chip every encode pauses the whole "
+    "decoding batch; static batching encodes a whole batch at once and then decodes without interruption."))

@@ -245,9 +245,18 @@ def test_notebook_02_what_if(kernel_env):
     text = "\n".join(texts(nb))
     assert "7,200 configurations" in text
     assert "best: " in text and "running" in text  # the capacity plan's recommendation
-    assert images(nb) >= 6  # one-knob panels, roofline, breakdown, step vs batch, two plan figures
+    # one-knob panels, roofline, breakdown, step vs batch, two plan figures, latency against load
+    assert images(nb) >= 7
     rows = table_rows(nb, "kv heads G")  # the K x G table: K = 1, 2, 3, 6, 12
     assert {"1", "2", "3", "6", "12"} <= set(rows)
+    rows = json_line(nb, "serving: ")["rows"]  # 2 chips x 2 models x 2 policies x 2 targets
+    assert len(rows) == 16
+    by = {(r["chip"], r["model"], r["policy"], r["target p99 (ms)"]): r for r in rows}
+    for (chip, model, policy, target), r in by.items():
+        assert 0 < r["queries/s"] <= r["capacity (queries/s)"], r
+        assert r["alone p99 (ms)"] <= r["p99 (ms)"] <= target * 1.001, r
+        if target == 100:  # a looser target never serves less
+            assert by[(chip, model, policy, 1000)]["queries/s"] >= r["queries/s"], r
 
 
 @pytest.mark.slow
