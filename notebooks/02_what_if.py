@@ -41,11 +41,10 @@ import pandas as pd
 from IPython.display import Markdown, display
 
 import fidoperf as fp
-from fidoperf.present import plots
+from fidoperf.present import plots, serving_plots
 from fidoperf.present.fmt import text_table
 from fidoperf.present.plan_report import best_table, summary_line
 from fidoperf.sweep import best, parse_vary, sweep
-from fidoperf.present import serving_plots
 from fidoperf.whatif import simulate
 from fidoperf.whatif.plan import ServingPlan, assumptions, plan
 
@@ -406,7 +405,12 @@ def better(chip, model, target):
     s, c = q.loc[(chip, model, "static", target)], q.loc[(chip, model, "continuous", target)]
     if s == c:
         return f"{model} on {chip} at {target} ms: a tie ({s:.1f})"
-    return f"{model} on {chip} at {target} ms: {'static' if s > c else 'continuous'} ({max(s, c):.1f} vs {min(s, c):.1f})"
+    winner = "static" if s > c else "continuous"
+    return f"{model} on {chip} at {target} ms: {winner} ({max(s, c):.1f} vs {min(s, c):.1f})"
+
+
+def capacity_gain(chip):
+    return cap.loc[(chip, "fido-base", "continuous", 1000)] / cap.loc[(chip, "fid-base", "continuous", 1000)]
 
 
 tpu, h100 = (h.name for h in sim_hw)
@@ -414,13 +418,12 @@ display(Markdown(
     "With continuous batching, FiDO-Base serves "
     + ", ".join(f"{gain(h.name, 'continuous', 1000):.1f}x the queries of FiD-Base on one {h.name}" for h in sim_hw)
     + " under a 1 s target, close to the ratio of their capacities ("
-    + ", ".join(f"{cap.loc[(h.name, 'fido-base', 'continuous', 1000)] / cap.loc[(h.name, 'fid-base', 'continuous', 1000)]:.1f}x"
-                for h in sim_hw)
+    + ", ".join(f"{capacity_gain(h.name):.1f}x" for h in sim_hw)
     + "); under 100 ms the gain is "
     + ", ".join(f"{gain(h.name, 'continuous', 100):.1f}x" for h in sim_hw)
-    + f", because a FiD-Base request served alone already takes {alone.loc[(tpu, 'fid-base', 'continuous', 100)]:.0f} ms "
-    f"of the 100 on {tpu} ({alone.loc[(h100, 'fid-base', 'continuous', 100)]:.0f} ms on {h100}), leaving little room "
-    "to queue and batch. Neither batching policy wins everywhere: "
+    + f", because a FiD-Base request served alone already takes {alone.loc[(tpu, 'fid-base', 'continuous', 100)]:.0f} "
+    f"ms of the 100 on {tpu} ({alone.loc[(h100, 'fid-base', 'continuous', 100)]:.0f} ms on {h100}), leaving "
+    "little room to queue and batch. Neither batching policy wins everywhere: "
     + "; ".join(better(h.name, m.name, t) for h in sim_hw for m in sim_models for t in (100, 1000))
     + ". Continuous batching starts a newcomer at the next step, but on one chip every encode pauses the whole "
     "decoding batch; static batching encodes a whole batch at once and then decodes without interruption."))
