@@ -31,6 +31,13 @@ memory:
 """
 
 
+def halve_second_point(curve: dict) -> None:
+    """Break a calibrated bytes curve the way a cache-warm smallest transfer does: the
+    second point streams at half the rate of the first."""
+    pts = curve["points"]
+    pts[1] = [pts[1][0], pts[0][1] / 2]
+
+
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT

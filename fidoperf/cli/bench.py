@@ -53,7 +53,7 @@ def _records_text(records, fmt: str, extra: dict | None = None) -> str:
 
 @click.command()
 @click.option("--level", type=click.Choice(["quick", "full"]), default="full", show_default=True,
-              help="quick: fewer sizes (~15 s on a 2-core CPU); full: ~45 s.")
+              help="quick: fewer sizes and tries (~80 s on a 2-core CPU); full: ~4 min.")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp32", "bf16"]),
               help="Matmul dtypes to measure; the first drives the efficiency curves. "
                    "Default: fp32 on CPU, bf16 and fp32 on accelerators.")
@@ -91,6 +91,18 @@ def calibrate(level, dtypes, output, quiet, framework):
     text = dump_profile(profile)
     hardware_from_dict(profile, "calibrated profile")  # the written file must load
     write_output(text, output)
+    from ..measure.calibrate import profile_problems
+
+    # Progress lines carried the warnings already; --quiet still shows them, once.
+    for w in profile["measured"].get("warnings", []) if quiet else ():
+        _echo_err(f"warning: {w}")
+    for problem in profile_problems(profile):
+        _echo_err(f"warning: implausible profile: {problem}")
+    st = profile["measured"].get("stability")
+    if st and not quiet:
+        _echo_err(f"{st['measurements']} measurements, each repeated until two tries agreed within "
+                  f"{100 * st['settle_within']:g}% (at most {st['tries_at_most']}): spread median "
+                  f"{100 * st['median_spread']:.1f}%, worst {100 * st['worst_spread']:.0f}% ({st['worst']})")
     if output:
         peaks = ", ".join(f"{k} {v['value'] / 1e9:.1f} GFLOP/s" for k, v in profile["peak_flops_per_s"].items())
         bw = profile["memory"]["bandwidth_bytes_per_s"]["value"]

@@ -2,10 +2,12 @@
 
 What is measured, each with generic kernels (never the validation's layers):
 - peak matmul FLOP/s per dtype: the best of square GEMMs of several sizes;
-- matmul compute efficiency by rows (M of [M, K] @ [K, N], operands cache-resident):
-  decoding multiplies few rows by each weight, far below peak on most devices;
+- matmul compute efficiency by rows (M of [M, K] @ [K, N], the weight read cold
+  from main memory, as decoding reads it): decoding multiplies few rows by each
+  weight, far below peak on most devices;
 - attention compute efficiency by rows (query rows sharing one key/value head,
-  head width 64): multi-query attention has H rows per head, multi-head one;
+  head width 64, the key/value cache cold): multi-query attention has H rows per
+  head, multi-head one;
 - streaming bandwidth, cold (inputs rotated through copies larger than the last
   cache level), by transfer size, with the access patterns of decoding: a
   matrix-vector product (weights), per-head attention over a key cache, a
@@ -28,12 +30,30 @@ from .timing import CALIBRATION_COPIES, RandomPool, copies_for, environment, imp
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 3, 4, 12, 16, 64),
-              "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1},
+              "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1, "tries": 3},
     "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
              "att_rows": (1, 2, 3, 4, 8, 12, 16, 32, 64, 128),
-             "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3},
+             "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3, "tries": 5},
 }
 JNP = {"fp32": "float32", "bf16": "bfloat16"}
+# Weight shapes [K, N] of the rows curve: square, and the 1:4 and 4:1 shapes of a
+# transformer's projections and MLP; the curve takes the median rate over them
+# (one shape alone can sit 20-30% off: strides that alias in the caches).
+ROWS_SHAPES = ((1024, 1024), (768, 3072), (3072, 768))
+# (batch, key/value heads, keys) of the attention rows curve: 8 heads of 8192 keys, 64
+# of 1024, 256 of 256 (16 MiB of keys and values each); the median rate over them.
+ATTENTION_SHAPES = ((1, 8, 8192), (8, 8, 1024), (32, 8, 256))
+# A measurement is repeated until two successive tries agree within this fraction,
+# at most SIZES[level]["tries"] times; the median of the tries is kept.
+STABLE_WITHIN = 0.10
+# Warn when the 1-minute load average, before calibrating, exceeds this many runnable
+# tasks per thread JAX may use (other work moves timings by up to 1.6x).
+LOADED_PER_THREAD = 0.5
+# A cold transfer's rate must not rise as it gets smaller: the smallest size may stream at
+# most this much faster than the next one (timing noise), never more. Only the two
+# smallest are compared: above glibc's mmap threshold (32 MiB) every call's fresh output
+# pages fault in, so large element-wise transfers are legitimately slower per byte.
+SMALL_TRANSFER_SLACK = 1.25
 
 
 class Calibrator:
@@ -46,16 +66,22 @@ class Calibrator:
         self.pool = RandomPool(elements=16 * 2**20)
         self.log = progress or (lambda msg: None)
         self.raw: dict[str, list] = {}
+        self.tries: list[dict] = []  # every measurement: what, tries, spread, stable
 
-    def _time(self, fn, make, working_bytes, cold=True, fixed=0.0):
+    def _time(self, fn, make, working_bytes, cold=True, fixed=0.0, what=""):
         """Median time of one call, less the fixed costs ``fixed`` (per call and per
         op, which the model adds separately), but never below a quarter of it: a
-        measurement dominated by fixed costs says little about rates."""
+        measurement dominated by fixed costs says little about rates.
+
+        Timed again until two successive tries agree within STABLE_WITHIN (at most
+        ``tries`` of the level); the median of the tries is kept and their spread
+        ((max - min) / median) recorded."""
         args = make()
         compiled = self.jax.jit(fn).lower(*args).compile()
         copies = copies_for(working_bytes, CALIBRATION_COPIES) if cold else 1
         sets = [args] + [make() for _ in range(copies - 1)]
-        t = time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s
+        t = settle(lambda: time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s,
+                   self.cfg["tries"], what, self.tries)
         return max(t - fixed, 0.25 * t)
 
     # ------------------------------------------------------------------ fixed costs
@@ -63,7 +89,7 @@ class Calibrator:
         jnp = self.jnp
         x = self.pool.array((8, 64))
         w = self.pool.array((64, 64), scale=0.125)
-        call = self._time(lambda x: x + 1.0, lambda: (x,), 0, cold=False)
+        call = self._time(lambda x: x + 1.0, lambda: (x,), 0, cold=False, what="trivial call")
         n = 64
 
         def chain(x, w):
@@ -71,7 +97,7 @@ class Calibrator:
                 x = jnp.dot(x, w)
             return x
 
-        per_op = max(0.0, (self._time(chain, lambda: (x, w), 0, cold=False) - call) / n)
+        per_op = max(0.0, (self._time(chain, lambda: (x, w), 0, cold=False, what="chain of 64 dots") - call) / n)
         self.per_op = per_op
         self.raw["overhead"] = [{"per_call_s": call, "per_op_s": per_op}]
         return call, per_op
@@ -81,44 +107,68 @@ class Calibrator:
         jnp, rows = self.jnp, []
         for n in self.cfg["gemm"]:
             a, b = self.pool.array((n, n), JNP[dtype]), self.pool.array((n, n), JNP[dtype])
-            t = self._time(jnp.dot, lambda a=a, b=b: (a, b), 0, cold=False)
+            t = self._time(jnp.dot, lambda a=a, b=b: (a, b), 0, cold=False, what=f"GEMM {dtype} {n}^3")
             rows.append({"n": n, "time_s": t, "flops_per_s": 2 * n**3 / t})
             self.log(f"GEMM {dtype} {n}^3: {rows[-1]['flops_per_s'] / 1e9:.1f} GFLOP/s")
         self.raw[f"gemm_{dtype}"] = rows
         return max(r["flops_per_s"] for r in rows)
 
-    def rows_curve(self, peak, overhead, dtype="fp32", K=1024, N=1024):
-        """Matmul [M, K] @ [K, N] with cache-resident operands."""
+    def rows_curve(self, overhead, dtype="fp32"):
+        """Matmul [M, K] @ [K, N] as decoding runs it: the weight read cold (rotated
+        through copies larger than the last cache level), the few activation rows
+        fresh; the median rate over the weight shapes ROWS_SHAPES. Few rows against
+        a weight from main memory run far below both the cache-resident rate and the
+        streaming rate of one row on XLA's CPU kernels (the weight is packed for the
+        product), so this curve, not the streaming one, sets the time of decoding's
+        matmuls."""
         jnp, pts = self.jnp, []
-        w = self.pool.array((K, N), JNP[dtype], K ** -0.5)
+        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
         for M in self.cfg["rows"]:
-            x = self.pool.array((M, K), JNP[dtype])
-            t = self._time(jnp.dot, lambda x=x: (x, w), 0, cold=False, fixed=overhead)
-            rate = 2 * M * K * N / t
-            pts.append((M, min(1.0, rate / peak)))
-        self.raw["matmul_rows"] = [{"rows": m, "efficiency": e} for m, e in pts]
+            rates = []
+            for K, N in ROWS_SHAPES:
+                def make(M=M, K=K, N=N):
+                    return (self.pool.array((M, K), JNP[dtype]), self.pool.array((K, N), JNP[dtype], K ** -0.5))
+
+                t = self._time(jnp.dot, make, (M * K + K * N) * item, fixed=overhead,
+                               what=f"matmul [{M},{K}]@[{K},{N}] {dtype}")
+                rates.append(2 * M * K * N / t)
+            rate = float(np.median(rates))
+            pts.append((M, rate))
+            self.log(f"matmul {M} rows {dtype}, weights cold: {rate / 1e9:.1f} GFLOP/s "
+                     f"(median of {', '.join(f'{r / 1e9:.1f}' for r in rates)})")
+        self.raw["matmul_rows"] = [{"rows": m, "flops_per_s": r} for m, r in pts]
         return pts
 
-    def attention_rows_curve(self, peak, overhead, dtype="fp32", S=4096, dk=64, B=2, G=4):
-        """Attention of R query rows per key/value head over B x G heads of S keys
-        each: logits and the probability-weighted sum of values, with the kernels of
-        fidoperf.measure.layers, operands cache-resident. The model charges each of the two
-        products half of this pair's time per FLOP."""
+    def attention_rows_curve(self, peak, overhead, dtype="fp32", dk=64):
+        """Attention of R query rows per key/value head: logits and the
+        probability-weighted sum of values, with the kernels of fidoperf.measure.layers,
+        the key/value cache read cold as a decoding step reads it; the median rate over
+        ATTENTION_SHAPES (few long heads, as at batch 1, to many short ones, as at large
+        batch: XLA:CPU's rate per key differs by up to 1.5x between them). The model
+        charges each of the two products half of this pair's time per FLOP."""
         from .layers import attention_logits
 
         jnp, pts = self.jnp, []
-        k = self.pool.array((B, G, S, dk), JNP[dtype])
-        v = self.pool.array((B, G, S, dk), JNP[dtype])
+        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
 
         def f(q, p, k, v):
             return attention_logits(q, k), jnp.einsum("bgrs,bgsk->bgrk", p, v)
 
         for R in self.cfg["att_rows"]:
-            q = self.pool.array((B, G, R, dk), JNP[dtype])
-            p = self.pool.array((B, G, R, S), JNP[dtype])
-            t = self._time(f, lambda q=q, p=p: (q, p, k, v), 0, cold=False, fixed=overhead + self.per_op)
-            rate = 2 * 2 * B * G * R * S * dk / t
+            rates = []
+            for B, G, S in ATTENTION_SHAPES:
+                def make(R=R, B=B, G=G, S=S):
+                    a = self.pool.array
+                    return (a((B, G, R, dk), JNP[dtype]), a((B, G, R, S), JNP[dtype]),
+                            a((B, G, S, dk), JNP[dtype]), a((B, G, S, dk), JNP[dtype]))
+
+                t = self._time(f, make, (2 * B * G * S * dk + B * G * R * (S + dk)) * item,
+                               fixed=overhead + self.per_op, what=f"attention R={R} {B}x{G} heads x {S} keys {dtype}")
+                rates.append(2 * 2 * B * G * R * S * dk / t)
+            rate = float(np.median(rates))
             pts.append((R, min(1.0, rate / peak)))
+            self.log(f"attention R={R} {dtype}, keys and values cold: {rate / 1e9:.1f} GFLOP/s "
+                     f"(median of {', '.join(f'{r / 1e9:.1f}' for r in rates)})")
         self.raw["attention_rows"] = [{"rows": r, "efficiency": e} for r, e in pts]
         return pts
 
@@ -133,7 +183,7 @@ class Calibrator:
             def make(shapes=shapes):
                 return tuple(self.pool.array(shape, JNP[dtype]) for shape in shapes)
 
-            t = self._time(fn, make, nbytes, fixed=overhead)
+            t = self._time(fn, make, nbytes, fixed=overhead, what=f"{pattern} {mib} MiB {dtype}")
             out.append((nbytes, nbytes / t))
             self.log(f"{pattern} {mib} MiB: {out[-1][1] / 1e9:.1f} GB/s")
         self.raw[f"stream_{pattern}"] = [{"bytes": b, "bytes_per_s": r} for b, r in out]
@@ -183,11 +233,18 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     t0 = time.time()
     c = Calibrator(level, log)
     env = environment()
+    warnings = loaded_warning(env)
+    for w in warnings:
+        c.log(f"warning: {w}")
     call, per_op = c.overheads()
     peaks = {d: c.gemm_peak(d) for d in dtypes}
     main = dtypes[0]
     fixed = call + per_op
-    rows = c.rows_curve(peaks[main], fixed, main)
+    rows = c.rows_curve(fixed, main)
+    # the peak is the best rate any matmul reached (a square GEMM or a product of many
+    # rows against a cold weight): one measurement alone can fall 30% short on a VM
+    peaks[main] = max(peaks[main], max(r for _, r in rows))
+    rows = [(m, r / peaks[main]) for m, r in rows]
     att_rows = c.attention_rows_curve(peaks[main], fixed, main)
     streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax", "elementwise")}
     # the peak: the best rate over transfers of 16 MiB or more, where fixed costs are
@@ -206,6 +263,10 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     def bw_curve(samples, what):
         return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
 
+    stability = stability_summary(c.tries, c.cfg["tries"])
+    for w in unstable_warning(stability):
+        warnings.append(w)
+        c.log(f"warning: {w}")
     name = f"measured-{env['platform']}"
     profile = {
         "name": name,
@@ -214,7 +275,9 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
         "vendor": env["platform"],
         "kind": "measured",
         "peak_flops_per_s": {d: {"value": float(p), "source": f"{src}: best square GEMM "
-                                 f"({', '.join(str(n) for n in c.cfg['gemm'])})"} for d, p in peaks.items()},
+                                 f"({', '.join(str(n) for n in c.cfg['gemm'])})"
+                                 + (" or product of many rows against a cold weight" if d == main else "")}
+                              for d, p in peaks.items()},
         "memory": {
             "capacity_bytes": {"value": mem_bytes, "source": mem_source},
             "bandwidth_bytes_per_s": {"value": float(peak_bw),
@@ -224,10 +287,13 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
         "efficiency": {
             "compute": {"value": 1.0, "source": "large GEMM at the measured peak"},
             "memory": bw_curve(streams["matvec"], "matrix-vector product, weights cold, by bytes"),
-            "matmul_compute": curve(rows, "rows", "[M,1024]@[1024,1024] cache-resident, by rows M "
-                                                  "(running maximum)", running_max=True),
+            "matmul_compute": curve(rows, "rows", "[M,K]@[K,N], the weight cold, median over [K,N] = "
+                                                  + ", ".join(f"[{k},{n}]" for k, n in ROWS_SHAPES)
+                                                  + ", by rows M (running maximum)", running_max=True),
             "attention_compute": curve(att_rows, "rows", "query rows per key/value head (d_kv 64), "
-                                                         "keys cache-resident (running maximum)",
+                                                         "keys and values cold, median over 8 x 8192, "
+                                                         "64 x 1024 and 256 x 256 heads x keys "
+                                                         "(running maximum)",
                                        running_max=True),
             "attention_memory": bw_curve(streams["attention"], "per-head attention logits over a cold "
                                                                "key cache, by bytes"),
@@ -237,13 +303,18 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
         "overhead_s_per_op": {"value": float(per_op), "source": f"{src}: chain of 64 dependent small dots"},
         "overhead_s_per_call": {"value": float(call), "source": f"{src}: a trivial jitted call"},
         "measured": {
-            "machine": f"{env['host']}: {env['cpu'] or env['device']}",
+            "machine": f"{env['host']}: {env['cpu'] or env['device']}"
+                       + (f" ({env['cpu_caches']})" if env.get("cpu_caches") else ""),
             "date": when,
             "versions": {k: env[k] for k in ("jax", "jaxlib", "numpy", "python")},
             "threads": env["cpu_threads_available"],
             "xla_flags": env["xla_flags"],
             "level": level,
             "seconds": round(time.time() - t0, 1),
+            "load_average_1min": env["load_average_1min"],
+            "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "stability": stability,
+            "warnings": warnings,
             "raw": c.raw,
         },
         "decisions": (
@@ -252,6 +323,56 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
             "log(size). Nothing here is fitted to the validation cases."),
     }
     return profile
+
+
+def settle(measure, tries: int, what: str, record: list[dict]) -> float:
+    """``measure()`` (seconds) repeated until two successive results agree within
+    STABLE_WITHIN, at most ``tries`` times; returns their median and appends what
+    happened (what, tries, spread = (max - min) / median, stable) to ``record``."""
+    runs: list[float] = []
+    stable = False
+    while len(runs) < tries and not stable:
+        runs.append(float(measure()))
+        stable = len(runs) >= 2 and abs(runs[-1] - runs[-2]) <= STABLE_WITHIN * min(runs[-2:])
+    t = float(np.median(runs))
+    record.append({"what": what, "tries": len(runs), "spread": (max(runs) - min(runs)) / t if t > 0 else 0.0,
+                   "stable": stable})
+    return t
+
+
+def loaded_warning(env: dict) -> list[str]:
+    """A warning when the machine was busy before calibrating (empty list if not)."""
+    load, threads = env.get("load_average_1min"), env.get("cpu_threads_available") or 1
+    if load is not None and load > LOADED_PER_THREAD * threads:
+        return [f"the 1-minute load average was {load:.2f} on {threads} threads before calibrating: other work "
+                "moves timings by up to 1.6x; calibrate on a quiet machine"]
+    return []
+
+
+def stability_summary(tries: list[dict], limit: int) -> dict:
+    """How well the repeated measurements agreed: their count, the median and worst
+    spread of the tries ((max - min) / median), and those that never settled."""
+    spreads = [t["spread"] for t in tries]
+    worst = max(tries, key=lambda t: t["spread"]) if tries else {"what": "", "spread": 0.0}
+    return {
+        "measurements": len(tries),
+        "tries_at_most": limit,
+        "settle_within": STABLE_WITHIN,
+        "median_tries": float(np.median([t["tries"] for t in tries])) if tries else 0.0,
+        "median_spread": round(float(np.median(spreads)), 4) if tries else 0.0,
+        "worst_spread": round(float(worst["spread"]), 4),
+        "worst": worst["what"],
+        "unstable": [t["what"] for t in tries if not t["stable"] and limit > 1],
+    }
+
+
+def unstable_warning(stability: dict) -> list[str]:
+    """A warning when some measurements never settled (empty list if all did)."""
+    if not stability["unstable"]:
+        return []
+    return [f"{len(stability['unstable'])} of {stability['measurements']} measurements did not settle within "
+            f"{100 * STABLE_WITHIN:g}% in {stability['tries_at_most']} tries (worst: {stability['worst']}, spread "
+            f"{100 * stability['worst_spread']:.0f}%); the machine may be busy: calibrate again when it is quiet"]
 
 
 def _monotone_sizes(points):
@@ -306,10 +427,10 @@ def profile_problems(profile: dict) -> list[str]:
         fracs = [p[1] for p in pts]
         if any(not 0 < f <= 1.0 for f in fracs):
             problems.append(f"efficiency.{key}: a point outside (0, 1]")
-        if c.get("by") == "bytes" and len(pts) > 1 and fracs[0] > 1.1 * min(fracs[1:]):
-            problems.append(f"efficiency.{key}: the smallest transfer streams faster than a larger one "
-                            f"({fracs[0]:.2f} against {min(fracs[1:]):.2f} of peak): small transfers were "
-                            "measured from a cache, or fixed costs were not taken off")
+        if c.get("by") == "bytes" and len(pts) > 1 and fracs[0] > SMALL_TRANSFER_SLACK * fracs[1]:
+            problems.append(f"efficiency.{key}: the smallest transfer streams faster than the next larger one "
+                            f"({fracs[0]:.2f} against {fracs[1]:.2f} of peak): small transfers were measured "
+                            "from a cache, or fixed costs were not taken off")
         if c.get("by") == "rows" and any(b < a for a, b in zip(fracs, fracs[1:])):
             problems.append(f"efficiency.{key}: falls with more rows (expected a running maximum)")
     framework = profile.get("measured", {}).get("framework", "jax")

@@ -18,6 +18,7 @@ import platform
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +47,21 @@ def import_jax():
     return jax
 
 
+def cpu_caches() -> str:
+    """The first CPU's caches as Linux reports them ("L1d 32K, L1i 32K, L2 512K, L3 32768K
+    shared by 0-1"); empty where /sys does not say."""
+    parts = []
+    for index in sorted(Path("/sys/devices/system/cpu/cpu0/cache").glob("index*")):
+        try:
+            level, kind, size, shared = (
+                (index / f).read_text().strip() for f in ("level", "type", "size", "shared_cpu_list"))
+        except OSError:
+            continue
+        label = f"L{level}" + {"Data": "d", "Instruction": "i"}.get(kind, "")
+        parts.append(f"{label} {size}" + (f" shared by {shared}" if shared not in ("0", "") else ""))
+    return ", ".join(parts)
+
+
 def environment() -> dict:
     """Where and when a measurement was taken."""
     jax = import_jax()
@@ -69,6 +85,7 @@ def environment() -> dict:
         "device": getattr(dev, "device_kind", str(dev)),
         "device_count": jax.device_count(),
         "cpu": cpu,
+        "cpu_caches": cpu_caches(),
         "cpu_threads_available": affinity,
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,

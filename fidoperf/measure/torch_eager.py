@@ -7,7 +7,7 @@ validated):
   kinds a T5 layer issues (views, transposes, element-wise arithmetic, reductions, a
   small linear, an eval-mode dropout), whose data is negligible;
 - the peak matmul rate (square ``torch.mm``) and the matmul efficiency by rows
-  (``F.linear`` of M rows against a cache-resident weight);
+  (``F.linear`` of M rows against a cold weight, as decoding reads it);
 - streaming bandwidth by transfer size, inputs cold (rotated through copies larger than
   the last cache level): a matrix-vector product (weights) and element-wise work;
 - fused attention (``F.scaled_dot_product_attention``, what Hugging Face T5 runs): its
@@ -36,13 +36,14 @@ import numpy as np
 
 from ..errors import SpecError
 from ..specs import ModelSpec
-from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Timing
+from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Timing, cpu_caches
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "stream_mib": (0.25, 2, 16, 64),
-              "kv_mib": (0.5, 4, 32), "min_time_s": 0.1},
+              "kv_mib": (0.5, 4, 32), "min_time_s": 0.1, "tries": 3},
     "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
-             "stream_mib": (0.0625, 0.25, 1, 4, 16, 64, 256), "kv_mib": (0.25, 1, 4, 16, 64), "min_time_s": 0.3},
+             "stream_mib": (0.0625, 0.25, 1, 4, 16, 64, 256), "kv_mib": (0.25, 1, 4, 16, 64), "min_time_s": 0.3,
+             "tries": 5},
 }
 
 
@@ -88,6 +89,7 @@ def environment() -> dict:
     return {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
         "host": platform.node(), "platform": "cpu", "device": "cpu (PyTorch)", "cpu": cpu,
+        "cpu_caches": cpu_caches(),
         "cpu_threads_available": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         "torch_threads": torch.get_num_threads(), "torch": str(torch.__version__), "transformers": tf_version,
         "numpy": np.__version__, "python": platform.python_version(),
@@ -130,15 +132,21 @@ class TorchCalibrator:
         self.cfg = SIZES[level]
         self.log = log or (lambda msg: None)
         self.raw: dict[str, list] = {}
+        self.tries: list[dict] = []  # every measurement: what, tries, spread, stable
         self.gen = self.torch.Generator().manual_seed(0)
 
     def rand(self, *shape):
         return self.torch.rand(*shape, generator=self.gen) * 2 - 1
 
-    def _time(self, fn, make, working_bytes: float, cold: bool = True, fixed: float = 0.0) -> float:
+    def _time(self, fn, make, working_bytes: float, cold: bool = True, fixed: float = 0.0, what: str = "") -> float:
+        """Median time of one call less ``fixed`` (never below a quarter of it), timed
+        again until two tries agree (:func:`fidoperf.measure.calibrate.settle`)."""
+        from .calibrate import settle
+
         sets = [make() for _ in range(copies_for(working_bytes) if cold else 1)]
         with self.torch.inference_mode():
-            t = time_calls(fn, sets, min_time_s=self.cfg["min_time_s"]).median_s
+            t = settle(lambda: time_calls(fn, sets, min_time_s=self.cfg["min_time_s"]).median_s,
+                       self.cfg["tries"], what, self.tries)
         return max(t - fixed, 0.25 * t)
 
     def dispatch(self) -> float:
@@ -158,7 +166,7 @@ class TorchCalibrator:
             return torch.tanh(y.reshape(1, 2, 8) + 1.0) * 0.5
 
         ops = 14  # to, pow, mean, add, rsqrt, mul, linear, view, transpose, dropout, reshape, add, tanh, mul
-        t = self._time(mix, lambda: (x, w), 0, cold=False)
+        t = self._time(mix, lambda: (x, w), 0, cold=False, what="dispatch mix")
         per = t / ops
         self.raw["dispatch"] = [{"ops": ops, "seconds": t, "per_op_s": per}]
         self.log(f"dispatch: {per * 1e6:.2f} µs per operation")
@@ -168,20 +176,32 @@ class TorchCalibrator:
         rows = []
         for n in self.cfg["gemm"]:
             a, b = self.rand(n, n), self.rand(n, n)
-            t = self._time(self.torch.mm, lambda a=a, b=b: (a, b), 0, cold=False)
+            t = self._time(self.torch.mm, lambda a=a, b=b: (a, b), 0, cold=False, what=f"torch.mm {n}^3")
             rows.append({"n": n, "time_s": t, "flops_per_s": 2 * n**3 / t})
             self.log(f"torch.mm {n}^3: {rows[-1]['flops_per_s'] / 1e9:.1f} GFLOP/s")
         self.raw["gemm_fp32"] = rows
         return max(r["flops_per_s"] for r in rows)
 
-    def rows_curve(self, peak: float, fixed: float, K: int = 1024, N: int = 1024):
+    def rows_curve(self, fixed: float):
+        """(rows, FLOP/s) of ``F.linear`` of M rows against a cold weight (rotated
+        through copies larger than the last cache level, as a decoding step reads its
+        weights), the median over the weight shapes of the JAX calibration."""
+        from .calibrate import ROWS_SHAPES
+
         pts = []
-        w = self.rand(N, K)
         for M in self.cfg["rows"]:
-            x = self.rand(M, K)
-            t = self._time(self.F.linear, lambda x=x: (x, w), 0, cold=False, fixed=fixed)
-            pts.append((M, min(1.0, 2 * M * K * N / t / peak)))
-        self.raw["matmul_rows"] = [{"rows": m, "efficiency": e} for m, e in pts]
+            rates = []
+            for K, N in ROWS_SHAPES:
+                def make(M=M, K=K, N=N):
+                    return self.rand(M, K), self.rand(N, K)
+
+                t = self._time(self.F.linear, make, (M * K + N * K) * 4, fixed=fixed,
+                               what=f"F.linear [{M},{K}]x[{N},{K}]^T")
+                rates.append(2 * M * K * N / t)
+            pts.append((M, float(np.median(rates))))
+            self.log(f"F.linear {M} rows, weights cold: {pts[-1][1] / 1e9:.1f} GFLOP/s "
+                     f"(median of {', '.join(f'{r / 1e9:.1f}' for r in rates)})")
+        self.raw["matmul_rows"] = [{"rows": m, "flops_per_s": r} for m, r in pts]
         return pts
 
     def stream(self, pattern: str, fixed: float):
@@ -205,7 +225,7 @@ class TorchCalibrator:
                     return self.rand(elems), self.rand(elems)
 
                 fn = self.torch.mul
-            t = self._time(fn, make, nbytes, fixed=fixed)
+            t = self._time(fn, make, nbytes, fixed=fixed, what=f"{pattern} {nbytes / 2**20:.2g} MiB")
             out.append((nbytes, nbytes / t))
             self.log(f"{pattern} {nbytes / 2**20:.2g} MiB: {out[-1][1] / 1e9:.1f} GB/s")
         self.raw[f"stream_{pattern}"] = [{"bytes": b, "bytes_per_s": r} for b, r in out]
@@ -219,7 +239,7 @@ class TorchCalibrator:
         q, k, v = self.rand(B, H, N, dk), self.rand(B, H, N, dk), self.rand(B, H, N, dk)
         bias = self.rand(1, H, N, N)
         t = self._time(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m),
-                       lambda: (q, k, v, bias), 0, cold=False, fixed=fixed)
+                       lambda: (q, k, v, bias), 0, cold=False, fixed=fixed, what="SDPA prefill")
         rate = min(1.0, 4 * B * H * N * N * dk / t / peak)
         self.log(f"SDPA {B}x{H}x{N}x{dk}: {rate * peak / 1e9:.1f} GFLOP/s ({100 * rate:.0f}% of the GEMM peak)")
         kv = []
@@ -231,7 +251,7 @@ class TorchCalibrator:
                 return self.rand(1, H, 1, dk), self.rand(1, H, S, dk), self.rand(1, H, S, dk), self.rand(1, H, 1, S)
 
             t = self._time(lambda q, k, v, m: F.scaled_dot_product_attention(q, k, v, attn_mask=m), make, nbytes,
-                           fixed=fixed)
+                           fixed=fixed, what=f"SDPA decode {nbytes / 2**20:.2g} MiB")
             kv.append((nbytes, nbytes / t))
             self.log(f"SDPA decode over {nbytes / 2**20:.2g} MiB of keys and values: {kv[-1][1] / 1e9:.1f} GB/s")
         self.raw["sdpa"] = [{"prefill_efficiency": rate}] + [{"bytes": b, "bytes_per_s": r} for b, r in kv]
@@ -240,14 +260,21 @@ class TorchCalibrator:
 
 def calibrate(level: str = "full", log=None) -> dict:
     """Measure this machine through PyTorch; returns the profile as a dict ready for YAML."""
+    from .calibrate import loaded_warning, stability_summary, unstable_warning
+
     t0 = time.time()
     c = TorchCalibrator(level, log)
     env = environment()
+    warnings = loaded_warning(env)
+    for w in warnings:
+        c.log(f"warning: {w}")
     torch = c.torch
     with torch.inference_mode():
         per_op = c.dispatch()
         peak = c.gemm_peak()
-        rows = c.rows_curve(peak, per_op)
+        rows = c.rows_curve(per_op)
+        peak = max(peak, max(r for _, r in rows))  # the best rate any matmul reached
+        rows = [(m, r / peak) for m, r in rows]
         streams = {p: c.stream(p, per_op) for p in ("matvec", "elementwise")}
         flash_rate, kv = c.attention(peak, per_op)
     peak_bw = max(r for s in [*streams.values(), kv] for b, r in s if b >= 16 * 2**20) if any(
@@ -255,6 +282,10 @@ def calibrate(level: str = "full", log=None) -> dict:
         r for s in [*streams.values(), kv] for _, r in s)
     from .calibrate import _monotone_sizes
 
+    stability = stability_summary(c.tries, c.cfg["tries"])
+    for w in unstable_warning(stability):
+        warnings.append(w)
+        c.log(f"warning: {w}")
     mem_bytes, mem_source = float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")), "host RAM (sysconf)"
     src = (f"measured by `fidoperf calibrate --framework torch --level {level}` on {env['cpu'] or 'cpu'} "
            f"({env['torch_threads']} threads), torch {env['torch']}, {env['date']}")
@@ -275,7 +306,8 @@ def calibrate(level: str = "full", log=None) -> dict:
         "kind": "measured",
         "default_implementation": "eager",
         "peak_flops_per_s": {"fp32": {"value": float(peak), "source": f"{src}: best square torch.mm "
-                                                                       f"({', '.join(map(str, c.cfg['gemm']))})"}},
+                                                                       f"({', '.join(map(str, c.cfg['gemm']))}) or "
+                                                                       "F.linear of many rows"}},
         "memory": {
             "capacity_bytes": {"value": mem_bytes, "source": mem_source},
             "bandwidth_bytes_per_s": {"value": float(peak_bw), "source": f"{src}: best cold streaming rate "
@@ -285,7 +317,8 @@ def calibrate(level: str = "full", log=None) -> dict:
             "compute": {"value": 1.0, "source": "large torch.mm at the measured peak"},
             "memory": bw_curve(streams["matvec"], "F.linear of one row, weights cold, by bytes"),
             "vector_memory": bw_curve(streams["elementwise"], "torch.mul of two cold vectors, by bytes"),
-            "matmul_compute": curve(rows, "rows", "F.linear [M,1024] x [1024,1024]^T cache-resident, by rows M "
+            "matmul_compute": curve(rows, "rows", "F.linear of M rows against a cold weight, median over "
+                                                  "[K, N] = 1024x1024, 768x3072, 3072x768, by rows M "
                                                   "(running maximum)", running_max=True),
             "flash_compute": {"value": round(float(flash_rate), 4),
                               "source": f"{src}: F.scaled_dot_product_attention 8 x 8 heads x 128 tokens x d 64 "
@@ -297,11 +330,14 @@ def calibrate(level: str = "full", log=None) -> dict:
         "dispatch_s_per_op": {"value": float(per_op), "source": f"{src}: a mix of 14 tiny operations of the kinds a "
                                                                 "T5 layer issues"},
         "measured": {
-            "machine": f"{env['host']}: {env['cpu']}",
+            "machine": f"{env['host']}: {env['cpu']} ({env['cpu_caches']})",
             "date": env["date"],
             "versions": {k: env[k] for k in ("torch", "transformers", "numpy", "python")},
             "threads": env["torch_threads"],
             "load_average_1min": env["load_average_1min"],
+            "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "stability": stability,
+            "warnings": warnings,
             "framework": "torch",
             "level": level,
             "seconds": round(time.time() - t0, 1),
