@@ -8,15 +8,21 @@ The public API, in one place (everything else is internal and may move)::
     p.ops          # DataFrame, one row per operator and layer
     p.totals       # per-sample FLOPs, bytes, time; max batch
     p.memory       # weights, caches, activations, largest batch
+    fp.predict(model, hw, settings=fp.Settings(efficiency="roofline"))   # the datasheet bound
+    fp.predict(model, hw, layout=fp.Layout(chips=8, tensor_parallel=4))  # across chips
 
+    fp.op_table("gemm", {"m": [1, 64], "n": [768], "k": [3072]}, "h100-sxm")  # one kernel each
+    fp.simulate(model, hw, qps=40.0, policy="continuous")                     # serving under load
+    fp.plan([model], [hw], fp.Workload(), qps=200, latency_ms=1000,          # chips for a load
+            serving=fp.ServingPlan(layouts="single"))                     # (one chip per replica)
     from fidoperf.sweep import parse_vary, sweep        # vectorised what-if grids
 
 The package is arranged by stage, and imports point one way, downwards:
 
     cli/        the command line (click), a thin layer over the rest
     present/    tables, plots, reports
-    whatif/     sweeps and capacity plans
-    measure/    JAX layers, timing, calibrate, bench, validate
+    whatif/     sweeps, serving simulation and capacity plans
+    measure/    JAX and PyTorch layers, timing, calibrate, bench, validate
     costmodel/  FLOPs and bytes per operator, times, totals, memory
     specs/      YAML -> validated frozen dataclasses (hardware, model, workload)
     errors.py   the one error type for bad input
@@ -46,8 +52,12 @@ _EXPORTS = {
     "predict": "costmodel.prediction",
     "ops_table": "costmodel.prediction",
     "memory_footprint": "costmodel.prediction",
+    "Layout": "specs.layout",
+    "op_table": "costmodel.optable",
     "simulate": "whatif.simulate",
     "max_sustainable_rate": "whatif.simulate",
+    "plan": "whatif.plan",
+    "ServingPlan": "whatif.plan",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 from conftest import ROUND_CHIP_YAML
@@ -241,10 +242,18 @@ def test_flash_attention_moves_fewer_bytes_than_unfused():
     ({"m": [1], "n": [2], "k": [0]}, "at least 1"),
     ({"m": [1.5], "n": [2], "k": [3]}, "whole numbers"),
     ({"m": [1], "n": [2], "k": [3], "x": [1]}, "unknown column"),
+    ({"m": [1, 2, 3], "n": [2, 2], "k": [3]}, "2 values where other columns have 3"),
 ])
 def test_op_table_rejects_bad_shapes(shapes, needle):
     with pytest.raises(fp.SpecError, match=needle):
         op_table("gemm", shapes, "h100-sxm")
+
+
+def test_op_table_repeats_a_column_of_one_value():
+    one = op_table("gemm", {"m": [1, 64], "n": [3072], "k": [768]}, "h100-sxm")
+    full = op_table("gemm", {"m": [1, 64], "n": [3072, 3072], "k": [768, 768]}, "h100-sxm")
+    assert list(one["n"]) == [3072, 3072]
+    pd.testing.assert_frame_equal(one, full)
 
 
 def test_op_table_rejects_heads_not_divided_by_kv_heads():

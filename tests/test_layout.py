@@ -131,3 +131,19 @@ def test_the_readme_sweep_import_works(path):
 
     mod = importlib.import_module(path)
     assert callable(mod.sweep) and callable(mod.parse_vary)
+
+
+def test_the_public_api_docstring_runs():
+    """Every example line of fidoperf's docstring (the one list of the public API) runs
+    as written, and every name it lists is exported."""
+    import fidoperf as fp
+
+    lines = [ln.strip() for ln in fp.__doc__.splitlines() if ln.startswith("    ") and ("fp." in ln or "import" in ln)]
+    code = "\n".join(ln.split("  #")[0].rstrip() for ln in lines)
+    assert "fp.simulate(" in code and "fp.plan(" in code and "fp.op_table(" in code
+    namespace = {"fp": fp}
+    exec(compile("import fidoperf as fp\n" + code.replace("import fidoperf as fp\n", ""), "fidoperf docstring", "exec"),
+         namespace)
+    assert namespace["p"].totals["time_per_sample_s"] > 0
+    for name in fp.__all__:
+        assert getattr(fp, name) is not None, name

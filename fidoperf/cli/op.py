@@ -16,6 +16,7 @@ KIND_HELP = {
     "all_reduce": "collective over --chips chips of --bytes per chip (nccl-tests' size)",
     "all_gather": "collective: --bytes is the gathered result on each chip",
     "reduce_scatter": "collective: --bytes is the input on each chip",
+    "all_to_all": "collective: --bytes is each chip's buffer, all but 1/chips of it sent to the others",
 }
 SHAPE_OPTIONS = ("m", "n", "k", "batch", "kv_len", "seq_len", "heads", "kv_heads", "head_dim", "bytes", "chips")
 
@@ -53,7 +54,7 @@ def op(kind, hardware, dtype, input_path, output, fmt, overlap, roofline, implem
                          --batch --kv-len --heads --kv-heads --head-dim
       prefill_attention  self-attention of --seq-len tokens: --batch --seq-len
                          --heads --kv-heads --head-dim [--causal]
-      all_reduce, all_gather, reduce_scatter
+      all_reduce, all_gather, reduce_scatter, all_to_all
                          --bytes (per chip, as nccl-tests counts) --chips
 
     Example: fidoperf op gemm --m 32 --n 2048 --k 768 -H a100-80gb

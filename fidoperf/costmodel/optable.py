@@ -90,10 +90,13 @@ def _columns(kind: str, shapes: Any) -> dict[str, np.ndarray]:
         raise SpecError("shapes", unknown[0], f"unknown column for kind {kind} (known: "
                                               f"{', '.join((*required, *optional))})")
     out = {}
-    lengths = {len(v) for v in data.values()}
-    if len(lengths) > 1:
-        raise SpecError("shapes", "", "columns of different lengths")
-    n = lengths.pop() if lengths else 0
+    # a column of one value stands for every row, as numpy broadcasts it
+    n = max((len(v) for v in data.values()), default=0)
+    uneven = [c for c, v in data.items() if len(v) not in (1, n)]
+    if uneven:
+        raise SpecError("shapes", uneven[0], f"{len(data[uneven[0]])} values where other columns have {n} "
+                                             "(give one value, or one per row)")
+    data = {c: np.repeat(v, n) if len(v) == 1 and n > 1 else v for c, v in data.items()}
     for c in required:
         v = np.asarray(data[c])
         if v.dtype == bool or not np.issubdtype(v.dtype, np.number) or not np.all(np.isfinite(v)):
@@ -157,12 +160,13 @@ def _where(mask, a: costs.Op, b: costs.Op) -> costs.Op:
 
 def op_table(kind: str, shapes: Any, hardware: str | Hardware, dtype: str = "bf16", **settings) -> pd.DataFrame:
     """Flops, bytes and times of one kernel of ``kind`` for every row of ``shapes``
-    (a DataFrame, a mapping of columns, or a list of row mappings) on ``hardware`` (a
-    shipped name, a YAML path or a loaded :class:`Hardware`), in ``dtype`` (a
-    ``--dtype`` preset). ``settings``: overlap, efficiency ("derated" or "roofline")
-    and implementation, as :class:`Settings`. Returns the input columns followed by
-    flops, bytes, intensity, compute_s, memory_s, overhead_s, time_s, bound, launches
-    (collectives: latency_s, transfer_s, time_s, algorithm)."""
+    (a DataFrame, a mapping of columns, where a column of one value stands for every
+    row, or a list of row mappings) on ``hardware`` (a shipped name, a YAML path or a
+    loaded :class:`Hardware`), in ``dtype`` (a ``--dtype`` preset). ``settings``:
+    overlap, efficiency ("derated" or "roofline") and implementation, as
+    :class:`Settings`. Returns the input columns followed by flops, bytes, intensity,
+    compute_s, memory_s, overhead_s, time_s, bound, launches (collectives: latency_s,
+    transfer_s, time_s, algorithm)."""
     hw = hardware if isinstance(hardware, Hardware) else load_hardware(hardware)
     if dtype not in DTYPE_PRESETS:
         raise SpecError("--dtype", "", f"unknown dtype {dtype!r} (known: {', '.join(DTYPE_PRESETS)})")
