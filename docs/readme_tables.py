@@ -103,9 +103,20 @@ def layouts() -> str:
                 rows.append([hw_name, m, lay.label(), ms(t["time_per_sample_s"]), f"{t['samples_per_s']:.0f}",
                              f"{mem['peak_bytes'] / 1e9:.1f}",
                              f"{100 * t['comm_time_s'] / t['time_per_sample_s']:.0f}%",
+                             layer_comm_share(p.ops, "encoder"), layer_comm_share(p.ops, "decoder"),
                              t.get("shipped", "").replace("_", " ")])
     return table(rows, ["chips", "model", "layout (batch 24 per replica)", "ms per sample (latency / 24)",
-                        "samples/s (8 chips)", "GB per chip", "communication share", "pools ship"])
+                        "samples/s (8 chips)", "GB per chip", "communication share", "of an encoder layer",
+                        "of a decoder layer", "pools ship"])
+
+
+def layer_comm_share(ops, phase: str) -> str:
+    """The collectives' share of the time of the ``phase``'s layers (all layers together,
+    so the decoder's average over layers with and without cross-attention)."""
+    rows = ops[(ops["phase"] == phase) & (ops["layer"] >= 0)]
+    total = rows["time_s"].sum()
+    comm = rows.loc[rows["kind"] == "collective", "time_s"].sum()
+    return f"{100 * comm / total:.0f}%" if total > 0 else "-"
 
 
 def kernels() -> str:
