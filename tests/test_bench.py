@@ -162,11 +162,13 @@ def test_quick_validation_catches_a_broken_harness(quick_run):
     assert not skipped
     by = df.set_index("case")
     layers = df[(df["kind"] == "decoder_layer") & (df["attention"] == "MHA")].sort_values("passages")
-    # four times the passages: four times the cross-attention cache to read (about 1.8x
-    # the bytes of the whole layer, while its fixed costs stay); the fastest run is the least
-    # disturbed by other work
-    assert layers["min_s"].iloc[-1] > 1.25 * layers["min_s"].iloc[0]
-    assert layers["predicted_s"].iloc[-1] > 1.3 * layers["predicted_s"].iloc[0]
+    # four times the passages: four times the cross-attention cache to read, about twice
+    # the bytes of the whole layer, in the model, in the inputs the harness fed and in what
+    # XLA compiled (not timed: on a shared 2-core VM two timings can be anything)
+    first, last = layers.iloc[0], layers.iloc[-1]
+    for column in ("model_bytes", "input_bytes", "xla_bytes"):
+        assert last[column] > 1.6 * first[column], column
+    assert last["predicted_s"] > 1.3 * first["predicted_s"]
     # every prediction and measurement is a positive time, with its spread recorded
     assert (df["measured_s"] > 0).all() and (df["predicted_s"] > 0).all()
     assert {"min_s", "max_s", "q1_s", "q3_s", "spread", "noisy", "repeats"} <= set(df.columns)

@@ -218,14 +218,17 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
              + F.text_table(validation_table(df)) + "\n\n" + summary_text(s))
     if skipped:
         human += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
-    if fmt == "json":
-        text = F.to_json({**meta, "summary": s, "cases": records})
-    elif fmt == "csv":
-        text = df.to_csv(index=False)
-    else:
-        text = human
+    _write_validation(fmt, output, human, {**meta, "summary": s, "cases": records}, df)
+
+
+def _write_validation(fmt, output, human: str, data: dict, df) -> None:
+    """The results as JSON (``data``), CSV (one row a case) or the table ``human``; with
+    an output file the terminal still gets the table."""
+    from ..present import fmt as F
+
+    text = F.to_json(data) if fmt == "json" else df.to_csv(index=False) if fmt == "csv" else human
     write_output(text, output)
-    if output:  # the file holds the data; the terminal still gets the table
+    if output:
         click.echo(human)
 
 
@@ -267,12 +270,4 @@ def _validate_torch(suite, hardware, calibration, save_profile, fmt, output):
                f"{100 * s['encoder_median_abs_rel_error']:.1f}%, decoder "
                f"{100 * s['decoder_median_abs_rel_error']:.1f}%")
     meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite, "framework": "torch"}
-    if fmt == "json":
-        text = F.to_json({**meta, "summary": s, "cases": records})
-    elif fmt == "csv":
-        text = df.to_csv(index=False)
-    else:
-        text = human
-    write_output(text, output)
-    if output:
-        click.echo(human)
+    _write_validation(fmt, output, human, {**meta, "summary": s, "cases": records}, df)

@@ -47,6 +47,15 @@ def import_jax():
     return jax
 
 
+def cpu_model() -> str:
+    """The CPU's model name as Linux reports it; empty where /proc does not say."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            return next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
+    except OSError:
+        return ""
+
+
 def cpu_caches() -> str:
     """The first CPU's caches as Linux reports them ("L1d 32K, L1i 32K, L2 512K, L3 32768K
     shared by 0-1"); empty where /sys does not say."""
@@ -68,12 +77,7 @@ def environment() -> dict:
     import jaxlib
 
     dev = jax.devices()[0]
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         affinity = len(os.sched_getaffinity(0))
     except AttributeError:  # pragma: no cover

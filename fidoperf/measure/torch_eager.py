@@ -36,7 +36,7 @@ import numpy as np
 
 from ..errors import SpecError
 from ..specs import ModelSpec
-from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Timing, cpu_caches
+from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Timing, cpu_caches, cpu_model
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "stream_mib": (0.25, 2, 16, 64),
@@ -74,12 +74,7 @@ def environment() -> dict:
     import platform
 
     torch = import_torch()
-    cpu = ""
-    try:
-        with open("/proc/cpuinfo") as fh:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")), "")
-    except OSError:
-        pass
+    cpu = cpu_model()
     try:
         import transformers
 

@@ -345,6 +345,29 @@ class _Engine:
         if self.arrived < self.n and self.arrival[self.arrived] <= self.env.now:
             yield self.env.timeout(0)
 
+    def _decoded(self, dur: float, b: int, running: list, steps: int) -> tuple:
+        """Count a decoding run of ``dur`` seconds at batch ``b``, then retire every request
+        of the heap ``running`` ((last step, id)) whose last step is among the ``steps``
+        done: their finish is now. Returns what they held, to take off the batch's sums:
+        (steps started, cross-attention tokens, memory)."""
+        self.busy_s += dur
+        self.decode_s += dur
+        self.decode_batch_s += b * dur
+        T, P, N, need = self.T, self.P, self.N, self.bytes
+        started = x_sum = held = 0
+        done = 0
+        while running and running[0][0] <= steps:
+            end, i = heapq.heappop(running)
+            self.finish[i] = self.env.now
+            started += end - T[i]
+            x_sum += P[i] * N[i]
+            held += need[i]
+            done += 1
+        if done:
+            self.in_system -= done
+            self._log()
+        return started, x_sum, held
+
     def _noise(self, steps: int = 1) -> float:
         if not self.cv:
             return 1.0
@@ -476,21 +499,11 @@ class _Engine:
                     self.first[i] = t1
                 fresh.clear()
             yield env.timeout(dur)
-            self.busy_s += dur
-            self.decode_s += dur
-            self.decode_batch_s += b * dur
             steps += k_steps
-            done = 0
-            while running and running[0][0] <= steps:
-                end, i = heapq.heappop(running)
-                self.finish[i] = env.now
-                started -= end - T[i]
-                x_sum -= P[i] * N[i]
-                held -= need[i]
-                done += 1
-            if done:
-                self.in_system -= done
-                self._log()
+            freed = self._decoded(dur, b, running, steps)
+            started -= freed[0]
+            x_sum -= freed[1]
+            held -= freed[2]
 
     # ----------------------------------------------------------------- separate pools
     #
@@ -664,21 +677,11 @@ class _Engine:
                         yield env.timeout(dur - elapsed)
             else:
                 yield env.timeout(dur)
-            self.busy_s += dur
-            self.decode_s += dur
-            self.decode_batch_s += b * dur
             steps += k_steps
-            done = 0
-            while running and running[0][0] <= steps:
-                end, i = heapq.heappop(running)
-                self.finish[i] = env.now
-                started -= end - T[i]
-                x_sum -= P[i] * N[i]
-                held -= need[i]
-                done += 1
-            if done:
-                self.in_system -= done
-                self._log()
+            freed = self._decoded(dur, b, running, steps)
+            started -= freed[0]
+            x_sum -= freed[1]
+            held -= freed[2]
 
     def _ship_to(self, ids: list[int], d: int):
         yield from self._ship(ids, d)
