@@ -21,6 +21,8 @@ WORKLOAD_CASES = [
     (["--passage-len", "0"], "--passage-len"),
     (["--target-len", "0"], "--target-len"),
     (["--target-len", "1.5"], "--target-len"),
+    (["--batch", str(10**18)], "--batch"),  # would overflow 64-bit counts
+    (["--passage-len", str(10**8)], "--passage-len"),
     (["--dtype", "int4"], "--dtype"),
     (["--overlap", "sum"], "--overlap"),
 ]

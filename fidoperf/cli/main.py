@@ -33,6 +33,8 @@ class FidoGroup(click.Group):
             raise InputError(err.format_message()) from None
         except MemoryError:
             raise InputError("out of memory: try a smaller grid or suite") from None
+        except OverflowError:
+            raise InputError("a size too large to count in 64 bits: try smaller sizes") from None
 
 
 @click.group(cls=FidoGroup, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})

@@ -10,6 +10,10 @@ from .dtypes import DTYPE_BYTES, DTYPE_PRESETS
 
 # --------------------------------------------------------------------------- workload
 
+# Far beyond any FiD workload, and small enough that every count stays exact in 64 bits.
+MAX_SIZE = 10**7  # batch, passages, tokens per passage, target tokens
+MAX_TOKENS = 10**11  # encoder tokens of one batch
+
 
 @dataclass(frozen=True)
 class Workload:
@@ -33,6 +37,11 @@ class Workload:
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int) or v < 1:
                 raise SpecError("workload", name, f"must be a whole number of at least 1, got {v!r}")
+            if v > MAX_SIZE:
+                raise SpecError("workload", name, f"must be at most {MAX_SIZE:,}, got {v:,}")
+        if self.batch * self.passages * self.passage_len > MAX_TOKENS:
+            raise SpecError("workload", "batch", f"batch x passages x passage length is "
+                            f"{self.batch * self.passages * self.passage_len:,} tokens, over {MAX_TOKENS:,}")
         for name in ("weight_dtype", "act_dtype", "kv_dtype", "compute_dtype"):
             if getattr(self, name) not in DTYPE_BYTES:
                 raise SpecError("workload", name,
