@@ -10,7 +10,8 @@ from .dtypes import DTYPE_BYTES, DTYPE_PRESETS
 
 # --------------------------------------------------------------------------- workload
 
-# Far beyond any FiD workload, and small enough that every count stays exact in 64 bits.
+# Far beyond any FiD workload, and small enough that counts stay within 64-bit integers
+# (predict checked at these bounds: no overflow, no negative or infinite total).
 MAX_SIZE = 10**7  # batch, passages, tokens per passage, target tokens
 MAX_TOKENS = 10**11  # encoder tokens of one batch
 
