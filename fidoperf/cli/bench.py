@@ -190,23 +190,15 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     from ..measure.bench import run_cases
     from ..measure.bench import suite as make_suite
     from ..measure.calibrate import calibrate as run_calibration
-    from ..measure.calibrate import dump_profile
     from ..measure.timing import environment
     from ..measure.validate import summary, summary_text
     from ..present.report import validation_table
-    from ..specs import hardware_from_dict, load_hardware
 
     check_writable(output)
     check_writable(save_profile)
     fmt = _suffix_format(output, fmt)
-    if hardware is None:
-        _echo_err(f"calibrating this device ({calibration}) ...")
-        profile = run_calibration(calibration, (dtype,), log=None)
-        hw = hardware_from_dict(profile, "calibrated profile")
-        if save_profile:
-            write_atomic(save_profile, dump_profile(profile).encode())
-    else:
-        hw = load_hardware(hardware)
+    hw = _profile_to_validate(hardware, save_profile, f"this device ({calibration})",
+                              lambda: run_calibration(calibration, (dtype,), log=None))
     env = environment()
     records, skipped = run_cases(make_suite(suite, dtype), hw, memory_limit_bytes=memory_limit_gb * 2**30)
     df = pd.DataFrame(records)
@@ -219,6 +211,22 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     if skipped:
         human += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)
     _write_validation(fmt, output, human, {**meta, "summary": s, "cases": records}, df)
+
+
+def _profile_to_validate(hardware, save_profile, what: str, calibrate_now):
+    """The profile named by --hardware, or (none named) one calibrated now by
+    ``calibrate_now()``, also written to --save-profile when given."""
+    from ..measure.calibrate import dump_profile
+    from ..specs import hardware_from_dict, load_hardware
+
+    if hardware is not None:
+        return load_hardware(hardware)
+    _echo_err(f"calibrating {what} ...")
+    profile = calibrate_now()
+    hw = hardware_from_dict(profile, "calibrated profile")
+    if save_profile:
+        write_atomic(save_profile, dump_profile(profile).encode())
+    return hw
 
 
 def _write_validation(fmt, output, human: str, data: dict, df) -> None:
@@ -235,23 +243,15 @@ def _write_validation(fmt, output, human: str, data: dict, df) -> None:
 def _validate_torch(suite, hardware, calibration, save_profile, fmt, output):
     import pandas as pd
 
-    from ..measure.calibrate import dump_profile
     from ..measure.torch_eager import calibrate as run_calibration
     from ..measure.torch_eager import environment, summary, validate
     from ..present import fmt as F
-    from ..specs import hardware_from_dict, load_hardware
 
     check_writable(output)
     check_writable(save_profile)
     fmt = _suffix_format(output, fmt)
-    if hardware is None:
-        _echo_err(f"calibrating this machine through PyTorch ({calibration}) ...")
-        profile = run_calibration(calibration)
-        hw = hardware_from_dict(profile, "calibrated profile")
-        if save_profile:
-            write_atomic(save_profile, dump_profile(profile).encode())
-    else:
-        hw = load_hardware(hardware)
+    hw = _profile_to_validate(hardware, save_profile, f"this machine through PyTorch ({calibration})",
+                              lambda: run_calibration(calibration))
     env = environment()
     records = validate(hw, suite, log=_echo_err)
     df = pd.DataFrame(records)

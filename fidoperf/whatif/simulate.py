@@ -590,15 +590,20 @@ class _Engine:
                 self.start[i], self.source[i], self.batch[i] = now, e, k
                 self.enc_hold[i] = need[i]
             enc = svc.encode_passages_time_s(p_sum, n_max, svc.kv_passages(k, p_sum)) * self._noise()
-            yield env.timeout(enc)
-            self.busy_s += enc
-            self.enc_busy_s += enc
-            now = env.now
-            for i in range(first_id, first_id + k):
-                self.encoded[i] = now
-                self.dec_queue.append(i)
-            if not self.dec_wake.triggered:
-                self.dec_wake.succeed()
+            yield from self._pool_encode(enc, range(first_id, first_id + k))
+
+    def _pool_encode(self, enc: float, ids: range):
+        """An encoder replica's encode of ``ids`` taking ``enc`` seconds; then they queue
+        for a decoder replica, which is woken."""
+        yield self.env.timeout(enc)
+        self.busy_s += enc
+        self.enc_busy_s += enc
+        now = self.env.now
+        for i in ids:
+            self.encoded[i] = now
+            self.dec_queue.append(i)
+        if not self.dec_wake.triggered:
+            self.dec_wake.succeed()
 
     def _dec_continuous(self, d: int):
         env, svc = self.env, self.svc
@@ -715,15 +720,7 @@ class _Engine:
             for i in range(first_id, first_id + k):
                 self.start[i], self.source[i], self.enc_hold[i] = now, e, per
             enc = svc.encode_time_s(k, Pm, Nm) * self._noise()
-            yield env.timeout(enc)
-            self.busy_s += enc
-            self.enc_busy_s += enc
-            now = env.now
-            for i in range(first_id, first_id + k):
-                self.encoded[i] = now
-                self.dec_queue.append(i)
-            if not self.dec_wake.triggered:
-                self.dec_wake.succeed()
+            yield from self._pool_encode(enc, range(first_id, first_id + k))
 
     def _dec_static(self, d: int):
         """A free decoder replica takes the oldest encoded requests, up to the batch cap
