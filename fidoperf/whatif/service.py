@@ -346,23 +346,21 @@ class ServiceModel:
         the peak of its encoder activations, encoder output with cross-attention K/V,
         and both K/V caches with the logits (without pools; see
         :func:`fidoperf.costmodel.parallel.chip_memory` for what each pool holds)."""
-        key = (int(passages), int(passage_len), int(target_len))
-        v = self._mem_cache.get(key)
-        if v is None:
-            per = self._side("decoder", *key)["per_sample_peak_bytes"]
-            v = self._mem_cache[key] = int(math.ceil(float(per)))
-        return v
+        return self._peak_bytes("decoder", self._mem_cache, passages, passage_len, target_len)
 
     def enc_request_bytes(self, passages: int, passage_len: int, target_len: int) -> int:
         """Memory one request holds per chip on the encoding side (pools: from its encode
         until it has been shipped; without pools, :meth:`request_bytes`)."""
         if not self.layout.pooled:
             return self.request_bytes(passages, passage_len, target_len)
+        return self._peak_bytes("encoder", self._enc_mem_cache, passages, passage_len, target_len)
+
+    def _peak_bytes(self, side: str, cache: dict, passages, passage_len, target_len) -> int:
+        """Whole bytes one request holds per chip on ``side``, memoised in ``cache``."""
         key = (int(passages), int(passage_len), int(target_len))
-        v = self._enc_mem_cache.get(key)
+        v = cache.get(key)
         if v is None:
-            per = self._side("encoder", *key)["per_sample_peak_bytes"]
-            v = self._enc_mem_cache[key] = int(math.ceil(float(per)))
+            v = cache[key] = int(math.ceil(float(self._side(side, *key)["per_sample_peak_bytes"])))
         return v
 
     def requests_bytes(self, passages, passage_len, target_len, side: str = "decoder") -> list[int]:

@@ -397,9 +397,11 @@ class _Engine:
         self._form = (k, Pm, Nm, Tm, full)
         return self._form
 
-    def _static(self, r: int):
-        env, svc = self.env, self.svc
-        max_wait = self.serving.max_wait_s
+    def _static_batch(self):
+        """Wait until the static policy dispatches a batch: the oldest waiting requests
+        fill it (up to the batch cap and memory) or the oldest has waited max_wait_s.
+        Returns its size and padded (passages, passage length, target length)."""
+        env, max_wait = self.env, self.serving.max_wait_s
         while True:
             if self.head == self.arrived:
                 yield self._wait_arrival()
@@ -412,6 +414,12 @@ class _Engine:
             if not full and env.now < deadline:
                 yield env.any_of([env.timeout(deadline - env.now), self._wait_arrival()])
                 continue
+            return k, Pm, Nm, Tm
+
+    def _static(self, r: int):
+        env, svc = self.env, self.svc
+        while True:
+            k, Pm, Nm, Tm = yield from self._static_batch()
             first_id = self.head
             self.head += k
             self._form = (0, 0, 0, 0, False)
@@ -695,19 +703,8 @@ class _Engine:
 
     def _enc_static(self, e: int):
         env, svc = self.env, self.svc
-        max_wait = self.serving.max_wait_s
         while True:
-            if self.head == self.arrived:
-                yield self._wait_arrival()
-                continue
-            yield from self._settle()
-            k, Pm, Nm, Tm, full = self._form_batch()
-            if k == 0:
-                continue
-            deadline = self.arrival[self.head] + max_wait
-            if not full and env.now < deadline:
-                yield env.any_of([env.timeout(deadline - env.now), self._wait_arrival()])
-                continue
+            k, Pm, Nm, Tm = yield from self._static_batch()
             first_id = self.head
             self.head += k
             self._form = (0, 0, 0, 0, False)
