@@ -255,7 +255,7 @@ class TorchCalibrator:
 
 def calibrate(level: str = "full", log=None) -> dict:
     """Measure this machine through PyTorch; returns the profile as a dict ready for YAML."""
-    from .calibrate import loaded_warning, stability_summary, unstable_warning
+    from .calibrate import ROWS_SHAPES, loaded_warning, stability_summary, unstable_warning
 
     t0 = time.time()
     c = TorchCalibrator(level, log)
@@ -313,8 +313,8 @@ def calibrate(level: str = "full", log=None) -> dict:
             "memory": bw_curve(streams["matvec"], "F.linear of one row, weights cold, by bytes"),
             "vector_memory": bw_curve(streams["elementwise"], "torch.mul of two cold vectors, by bytes"),
             "matmul_compute": curve(rows, "rows", "F.linear of M rows against a cold weight, median over "
-                                                  "[K, N] = 1024x1024, 768x3072, 3072x768, by rows M "
-                                                  "(running maximum)", running_max=True),
+                                                  "[K, N] = " + ", ".join(f"{k}x{n}" for k, n in ROWS_SHAPES)
+                                                  + ", by rows M (running maximum)", running_max=True),
             "flash_compute": {"value": round(float(flash_rate), 4),
                               "source": f"{src}: F.scaled_dot_product_attention 8 x 8 heads x 128 tokens x d 64 "
                                         "with an additive bias"},
