@@ -91,8 +91,9 @@ pd.DataFrame([{
 # ## 2. Run the quick suite
 #
 # Each case is one jitted function of fixed shapes, compiled outside the timer, warmed up, timed
-# with `block_until_ready` over inputs rotated through enough copies to be read cold, median of at
-# least 7 calls. `run_cases` also predicts every case from the profile above and counts the model's
+# with `block_until_ready` over inputs rotated through enough copies to be read cold, in runs of at
+# least 7 calls and 0.3 s, repeated until two runs' medians agree within 10% (at most 3 runs; the
+# median of the runs is kept). `run_cases` also predicts every case from the profile above and counts the model's
 # FLOPs and bytes against XLA's cost analysis.
 
 # %%

@@ -1,8 +1,7 @@
 #!/bin/bash
-# The quiet validation run behind the committed CPU results (run 2026-12-02 00:59-01:35 UTC
-# on the 2-core AMD EPYC development VM, nothing else running; stage times and load
-# averages in run_validation.log). Run from the repository root; takes about 37 minutes.
-# (The run itself wrote its logs and quick-run files to a scratch folder, copied here.)
+# The quiet validation run behind the committed CPU results (run on the 2-core AMD EPYC
+# development VM with nothing else running; the date, stage times and load averages are in
+# run_validation.log). Run from the repository root; takes about an hour.
 set -u
 R=benchmarks/results
 Q=$R/quick-runs
@@ -12,12 +11,12 @@ stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 stamp start
 $F calibrate --level full -o $R/cpu-calibrated.yaml > $R/cpu-calibrate-full.log 2>&1
 stamp cal_done
-$F validate --suite full -H $R/cpu-calibrated.yaml -o $R/cpu-validation-full.json > $R/cpu-validation-full.txt
+$F validate --suite full -H $R/cpu-calibrated.yaml -o $R/cpu-validation-full.json > $R/cpu-validation-full.txt 2>&1
 stamp val_done
 $F calibrate --framework torch --level full -o $R/cpu-torch-calibrated.yaml > $R/cpu-torch-calibrate-full.log 2>&1
 stamp torch_cal_done
 $F validate --framework torch --suite full -H $R/cpu-torch-calibrated.yaml \
-  -o $R/cpu-torch-validation-full.json > $R/cpu-torch-validation-full.txt
+  -o $R/cpu-torch-validation-full.json > $R/cpu-torch-validation-full.txt 2>&1
 stamp torch_val_done
 # quick: calibrate and validate three times, each in its own processes
 for i in 1 2 3; do

@@ -53,7 +53,8 @@ def _records_text(records, fmt: str, extra: dict | None = None) -> str:
 
 @click.command()
 @click.option("--level", type=click.Choice(["quick", "full"]), default="full", show_default=True,
-              help="quick: fewer sizes and tries (~80 s on a 2-core CPU); full: ~4 min.")
+              help="quick: fewer sizes, shorter runs, every measurement in two passes (~2 min on a 2-core CPU); "
+                   "full: three passes (~10 min).")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp32", "bf16"]),
               help="Matmul dtypes to measure; the first drives the efficiency curves. "
                    "Default: fp32 on CPU, bf16 and fp32 on accelerators.")
@@ -100,8 +101,8 @@ def calibrate(level, dtypes, output, quiet, framework):
         _echo_err(f"warning: implausible profile: {problem}")
     st = profile["measured"].get("stability")
     if st and not quiet:
-        _echo_err(f"{st['measurements']} measurements, each repeated until two tries agreed within "
-                  f"{100 * st['settle_within']:g}% (at most {st['tries_at_most']}): spread median "
+        _echo_err(f"{st['measurements']} measurements, each taken once in each of {st['passes']} passes over the "
+                  f"calibration, the median kept: spread median "
                   f"{100 * st['median_spread']:.1f}%, worst {100 * st['worst_spread']:.0f}% ({st['worst']})")
     if output:
         peaks = ", ".join(f"{k} {v['value'] / 1e9:.1f} GFLOP/s" for k, v in profile["peak_flops_per_s"].items())
@@ -201,12 +202,19 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
                               lambda: run_calibration(calibration, (dtype,), log=None))
     env = environment()
     records, skipped = run_cases(make_suite(suite, dtype), hw, memory_limit_bytes=memory_limit_gb * 2**30)
+    env["load_average_1min_end"] = environment()["load_average_1min"]
     df = pd.DataFrame(records)
     s = summary(df)
+    if s["unsettled_cases"]:
+        _echo_err(f"warning: {s['unsettled_cases']} of {s['cases']} cases never timed twice alike (column "
+                  "'runs (spread)', marked !): the machine may be busy; validate again when it is quiet")
     meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite,
             "skipped": skipped}
     from ..present import fmt as F
-    human = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}\n"
+    load = env["load_average_1min"], env["load_average_1min_end"]
+    human = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}"
+             + (f"; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after" if None not in load else "")
+             + "\n"
              + F.text_table(validation_table(df)) + "\n\n" + summary_text(s))
     if skipped:
         human += "\nskipped: " + "; ".join(f"{x['case']} ({x['reason']})" for x in skipped)

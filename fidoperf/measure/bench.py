@@ -23,6 +23,11 @@ from ..costmodel.prediction import Settings, dtype_bytes, flash_rows, op_times, 
 from ..specs import DTYPE_BYTES, Curve, Hardware, ModelSpec, Workload, load_model, override_model
 
 KINDS = ("encoder_layer", "cross_kv", "decoder_layer", "decoder_step", "generate")
+# Timing runs per case at most (see run_cases). On the development VM (2026-12-02) one
+# case's median moved by a median 5-9% between three quick validations minutes apart,
+# and a B=1 decoder layer's by up to 25% between back-to-back runs of 0.3 s
+# (3.2, 3.5, 4.0 ms): one run is not enough.
+TRIES = 3
 JNP_DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
@@ -319,13 +324,15 @@ def suite(name: str, dtype: str = "fp32") -> list[Case]:
 
 
 def run_cases(cases: list[Case], hw: Hardware | None = None, *, memory_limit_bytes: float = 10 * 2**30,
-              min_time_s: float = 0.3, progress: bool = True, settings: Settings = Settings()):
+              min_time_s: float = 0.3, tries: int = TRIES, progress: bool = True, settings: Settings = Settings()):
     """Time every case (and predict it when ``hw`` is given). Returns (records,
     skipped): one dict per case with its configuration, timing, spread, model and
-    XLA figures; skipped cases with the reason."""
+    XLA figures; skipped cases with the reason. Each case is timed in runs of at
+    least ``min_time_s`` until two successive runs agree within STABLE_WITHIN, at
+    most ``tries`` runs (:func:`fidoperf.measure.timing.time_settled`)."""
     import jax
 
-    from .timing import RandomPool, copies_for, time_compiled
+    from .timing import RandomPool, copies_for, time_settled
 
     pool = RandomPool()
     records, skipped = [], []
@@ -342,7 +349,7 @@ def run_cases(cases: list[Case], hw: Hardware | None = None, *, memory_limit_byt
         working = tree_bytes(args)
         copies = copies_for(working) if case.kind != "generate" else 1
         arg_sets = [args] + [make() for _ in range(copies - 1)]
-        timing = time_compiled(compiled, arg_sets, min_time_s=min_time_s)
+        timing = time_settled(compiled, arg_sets, tries=tries, what=case.name, min_time_s=min_time_s)
         rec = case.config()
         rec["input_bytes"] = working
         rec.update(timing.as_dict())

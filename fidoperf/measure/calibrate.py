@@ -26,14 +26,23 @@ import time
 
 import numpy as np
 
-from .timing import CALIBRATION_COPIES, RandomPool, copies_for, environment, import_jax, time_compiled
+from .timing import (
+    CALIBRATION_COPIES,
+    STABLE_WITHIN,
+    Passes,
+    RandomPool,
+    copies_for,
+    environment,
+    import_jax,
+    time_compiled,
+)
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "att_rows": (1, 3, 4, 12, 16, 64),
-              "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1, "tries": 3},
-    "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+              "stream_mib": (1, 8, 64, 256), "min_time_s": 0.1, "passes": 2},
+    "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
              "att_rows": (1, 2, 3, 4, 8, 12, 16, 32, 64, 128),
-             "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3, "tries": 5},
+             "stream_mib": (0.25, 1, 4, 16, 64, 256, 1024), "min_time_s": 0.3, "passes": 3},
 }
 JNP = {"fp32": "float32", "bf16": "bfloat16"}
 # Weight shapes [K, N] of the rows curve: square, and the 1:4 and 4:1 shapes of a
@@ -43,9 +52,6 @@ ROWS_SHAPES = ((1024, 1024), (768, 3072), (3072, 768))
 # (batch, key/value heads, keys) of the attention rows curve: 8 heads of 8192 keys, 64
 # of 1024, 256 of 256 (16 MiB of keys and values each); the median rate over them.
 ATTENTION_SHAPES = ((1, 8, 8192), (8, 8, 1024), (32, 8, 256))
-# A measurement is repeated until two successive tries agree within this fraction,
-# at most SIZES[level]["tries"] times; the median of the tries is kept.
-STABLE_WITHIN = 0.10
 # Warn when the 1-minute load average, before calibrating, exceeds this many runnable
 # tasks per thread JAX may use (other work moves timings by up to 1.6x).
 LOADED_PER_THREAD = 0.5
@@ -57,6 +63,15 @@ LOADED_PER_THREAD = 0.5
 # (0.52 against 0.40 of peak, 2026-12-02); a smallest transfer at twice the next one's rate
 # (what tests/ break a profile with) is still caught.
 SMALL_TRANSFER_SLACK = 1.5
+# A rows curve (matmul or attention efficiency by rows) rises to its best point, where
+# neighbouring points differ by less than their noise, so that part is a running maximum;
+# beyond it the points are kept as measured: on XLA:CPU products of many rows run slower
+# once their operands outgrow the last-level cache (2026-12-02, the median over ROWS_SHAPES
+# fell from 104 GFLOP/s at 1024 rows to 96 at 4096; in a separate run, from 109 at 1280
+# rows to 100 at 5120). It may fall beyond its best to no less than ROWS_FALL_LIMIT of it:
+# a product of more rows can always run as several smaller ones.
+ROWS_RULE = "running maximum up to the best point, as measured beyond it"
+ROWS_FALL_LIMIT = 0.5
 
 
 class Calibrator:
@@ -69,22 +84,19 @@ class Calibrator:
         self.pool = RandomPool(elements=16 * 2**20)
         self.log = progress or (lambda msg: None)
         self.raw: dict[str, list] = {}
-        self.tries: list[dict] = []  # every measurement: what, tries, spread, stable
+        self.passes = Passes()  # every measurement, once a pass
 
     def _time(self, fn, make, working_bytes, cold=True, fixed=0.0, what=""):
         """Median time of one call, less the fixed costs ``fixed`` (per call and per
         op, which the model adds separately), but never below a quarter of it: a
         measurement dominated by fixed costs says little about rates.
 
-        Timed again until two successive tries agree within STABLE_WITHIN (at most
-        ``tries`` of the level); the median of the tries is kept and their spread
-        ((max - min) / median) recorded."""
+        One run of calls a pass; the median over the passes so far (:class:`Passes`)."""
         args = make()
         compiled = self.jax.jit(fn).lower(*args).compile()
         copies = copies_for(working_bytes, CALIBRATION_COPIES) if cold else 1
         sets = [args] + [make() for _ in range(copies - 1)]
-        t = settle(lambda: time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s,
-                   self.cfg["tries"], what, self.tries)
+        t = self.passes.measure(what, lambda: time_compiled(compiled, sets, min_time_s=self.cfg["min_time_s"]).median_s)
         return max(t - fixed, 0.25 * t)
 
     # ------------------------------------------------------------------ fixed costs
@@ -239,17 +251,22 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     warnings = loaded_warning(env)
     for w in warnings:
         c.log(f"warning: {w}")
-    call, per_op = c.overheads()
-    peaks = {d: c.gemm_peak(d) for d in dtypes}
     main = dtypes[0]
-    fixed = call + per_op
-    rows = c.rows_curve(fixed, main)
-    # the peak is the best rate any matmul reached (a square GEMM or a product of many
-    # rows against a cold weight): one measurement alone can fall 30% short on a VM
-    peaks[main] = max(peaks[main], max(r for _, r in rows))
-    rows = [(m, r / peaks[main]) for m, r in rows]
-    att_rows = c.attention_rows_curve(peaks[main], fixed, main)
-    streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax", "elementwise")}
+
+    def one_pass():
+        call, per_op = c.overheads()
+        peaks = {d: c.gemm_peak(d) for d in dtypes}
+        fixed = call + per_op
+        rows = c.rows_curve(fixed, main)
+        # the peak is the best rate any matmul reached (a square GEMM or a product of many
+        # rows against a cold weight): one measurement alone can fall 30% short on a VM
+        peaks[main] = max(peaks[main], max(r for _, r in rows))
+        rows = [(m, r / peaks[main]) for m, r in rows]
+        att_rows = c.attention_rows_curve(peaks[main], fixed, main)
+        streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax", "elementwise")}
+        return call, per_op, peaks, rows, att_rows, streams
+
+    call, per_op, peaks, rows, att_rows, streams = in_passes(one_pass, c.cfg["passes"], c)
     # the peak: the best rate over transfers of 16 MiB or more, where fixed costs are
     # negligible (smaller ones are on the curves, as fractions of it, capped at 1)
     peak_bw = max(r for s in streams.values() for b, r in s if b >= 16 * 2**20)
@@ -257,16 +274,13 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     when = env["date"]
     src = f"measured by `fidoperf calibrate --level {level}` on {env['device']} ({env['platform']}), {when}"
 
-    def curve(points, axis, what, running_max=False):
-        pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
-        if running_max:  # a product of more rows can always run as several smaller ones
-            pts = [(x, max(e for _, e in pts[: i + 1])) for i, (x, _) in enumerate(pts)]
-        return {"by": axis, "points": [list(p) for p in pts], "source": f"{src}: {what}"}
+    def curve(points, axis, what, rows=False):
+        return efficiency_curve(points, axis, f"{src}: {what}", rows)
 
     def bw_curve(samples, what):
         return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
 
-    stability = stability_summary(c.tries, c.cfg["tries"])
+    stability = stability_summary(c.passes.records(), c.cfg["passes"])
     for w in unstable_warning(stability):
         warnings.append(w)
         c.log(f"warning: {w}")
@@ -292,12 +306,11 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
             "memory": bw_curve(streams["matvec"], "matrix-vector product, weights cold, by bytes"),
             "matmul_compute": curve(rows, "rows", "[M,K]@[K,N], the weight cold, median over [K,N] = "
                                                   + ", ".join(f"[{k},{n}]" for k, n in ROWS_SHAPES)
-                                                  + ", by rows M (running maximum)", running_max=True),
+                                                  + f", by rows M ({ROWS_RULE})", rows=True),
             "attention_compute": curve(att_rows, "rows", "query rows per key/value head (d_kv 64), "
                                                          "keys and values cold, median over heads x keys = "
                                                          + ", ".join(f"{b * g} x {k}" for b, g, k in ATTENTION_SHAPES)
-                                                         + " (running maximum)",
-                                       running_max=True),
+                                                         + f" ({ROWS_RULE})", rows=True),
             "attention_memory": bw_curve(streams["attention"], "per-head attention logits over a cold "
                                                                "key cache, by bytes"),
             "softmax_memory": bw_curve(streams["softmax"], "softmax over rows of 1024, cold, by bytes"),
@@ -328,19 +341,20 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     return profile
 
 
-def settle(measure, tries: int, what: str, record: list[dict]) -> float:
-    """``measure()`` (seconds) repeated until two successive results agree within
-    STABLE_WITHIN, at most ``tries`` times; returns their median and appends what
-    happened (what, tries, spread = (max - min) / median, stable) to ``record``."""
-    runs: list[float] = []
-    stable = False
-    while len(runs) < tries and not stable:
-        runs.append(float(measure()))
-        stable = len(runs) >= 2 and abs(runs[-1] - runs[-2]) <= STABLE_WITHIN * min(runs[-2:])
-    t = float(np.median(runs))
-    record.append({"what": what, "tries": len(runs), "spread": (max(runs) - min(runs)) / t if t > 0 else 0.0,
-                   "stable": stable})
-    return t
+def in_passes(one_pass, passes: int, calibrator):
+    """Run ``one_pass()`` (every measurement of a calibration, once) ``passes`` times;
+    returns the last pass's results, which rest on the medians over all passes (each
+    measurement goes through ``calibrator.passes``). Logs which pass is running."""
+    log = calibrator.log
+    try:
+        for i in range(passes):
+            calibrator.log = lambda msg, i=i: log(f"pass {i + 1}/{passes}: {msg}" if i + 1 < passes else msg)
+            if i + 1 == passes and passes > 1:
+                log(f"pass {passes}/{passes}, the medians over all passes:")
+            out = one_pass()
+    finally:
+        calibrator.log = log
+    return out
 
 
 def loaded_warning(env: dict) -> list[str]:
@@ -352,30 +366,41 @@ def loaded_warning(env: dict) -> list[str]:
     return []
 
 
-def stability_summary(tries: list[dict], limit: int) -> dict:
+def stability_summary(tries: list[dict], passes: int) -> dict:
     """How well the repeated measurements agreed: their count, the median and worst
-    spread of the tries ((max - min) / median), and those that never settled."""
+    spread of their runs, one a pass ((max - min) / median), and those no two of whose
+    runs agreed within STABLE_WITHIN."""
     spreads = [t["spread"] for t in tries]
     worst = max(tries, key=lambda t: t["spread"]) if tries else {"what": "", "spread": 0.0}
     return {
         "measurements": len(tries),
-        "tries_at_most": limit,
-        "settle_within": STABLE_WITHIN,
-        "median_tries": float(np.median([t["tries"] for t in tries])) if tries else 0.0,
+        "passes": passes,
+        "agree_within": STABLE_WITHIN,
         "median_spread": round(float(np.median(spreads)), 4) if tries else 0.0,
         "worst_spread": round(float(worst["spread"]), 4),
         "worst": worst["what"],
-        "unstable": [t["what"] for t in tries if not t["stable"] and limit > 1],
+        "unstable": [t["what"] for t in tries if not t["stable"] and passes > 1],
     }
 
 
 def unstable_warning(stability: dict) -> list[str]:
-    """A warning when some measurements never settled (empty list if all did)."""
+    """A warning when some measurements never agreed with themselves (empty list if all did)."""
     if not stability["unstable"]:
         return []
-    return [f"{len(stability['unstable'])} of {stability['measurements']} measurements did not settle within "
-            f"{100 * STABLE_WITHIN:g}% in {stability['tries_at_most']} tries (worst: {stability['worst']}, spread "
-            f"{100 * stability['worst_spread']:.0f}%); the machine may be busy: calibrate again when it is quiet"]
+    return [f"{len(stability['unstable'])} of {stability['measurements']} measurements: no two of their "
+            f"{stability['passes']} passes agreed within {100 * STABLE_WITHIN:g}% (worst: {stability['worst']}, "
+            f"spread {100 * stability['worst_spread']:.0f}%); the machine may be busy: calibrate again when it is "
+            "quiet"]
+
+
+def efficiency_curve(points, axis: str, source: str, rows: bool = False) -> dict:
+    """A profile's efficiency curve from measured (size, fraction of peak) points: sizes
+    made strictly increasing, fractions clipped to (0, 1]; a rows curve as ROWS_RULE says."""
+    pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
+    if rows:
+        best = max(range(len(pts)), key=lambda i: pts[i][1])
+        pts = [(x, max(e for _, e in pts[: i + 1]) if i <= best else e) for i, (x, e) in enumerate(pts)]
+    return {"by": axis, "points": [list(p) for p in pts], "source": source}
 
 
 def _monotone_sizes(points):
@@ -411,7 +436,7 @@ def profile_problems(profile: dict) -> list[str]:
     the shape of what was measured. A streaming rate that does not fall for small
     transfers (fixed costs always cost small transfers more per byte), a fixed cost per
     operation or call of zero for a framework that has one, a matmul efficiency that
-    falls with more rows (the curves are running maxima), fractions of peak outside
+    falls with more rows before its best point or to under half of it beyond (ROWS_RULE), fractions of peak outside
     (0, 1], a non-positive peak. Returns one line per problem (empty: none)."""
     problems = []
     for dtype, fig in profile.get("peak_flops_per_s", {}).items():
@@ -434,8 +459,15 @@ def profile_problems(profile: dict) -> list[str]:
             problems.append(f"efficiency.{key}: the smallest transfer streams faster than the next larger one "
                             f"({fracs[0]:.2f} against {fracs[1]:.2f} of peak): small transfers were measured "
                             "from a cache, or fixed costs were not taken off")
-        if c.get("by") == "rows" and any(b < a for a, b in zip(fracs, fracs[1:])):
-            problems.append(f"efficiency.{key}: falls with more rows (expected a running maximum)")
+        if c.get("by") == "rows" and fracs:
+            best = fracs.index(max(fracs))
+            if any(b < a for a, b in zip(fracs[:best], fracs[1:best + 1])):
+                problems.append(f"efficiency.{key}: falls with more rows before its best point (expected a "
+                                "running maximum there)")
+            if min(fracs[best:]) < ROWS_FALL_LIMIT * fracs[best]:
+                problems.append(f"efficiency.{key}: falls with more rows to {min(fracs[best:]):.3g} of peak, under "
+                                f"{ROWS_FALL_LIMIT:g} of its best ({fracs[best]:.3g}): more rows can always run as "
+                                "several smaller products")
     framework = profile.get("measured", {}).get("framework", "jax")
     if framework == "torch":
         if not profile.get("dispatch_s_per_op", {}).get("value"):

@@ -28,6 +28,11 @@ SPREAD_LIMIT = 0.25
 # 4x the 32 MiB L3 of the development machines (McCalpin's rule for STREAM).
 COLD_BYTES = 128 * 2**20
 MAX_COPIES = 16
+# A measurement is repeated until two successive tries agree within this fraction, at
+# most a bounded number of times; the median of the tries is kept. On a shared VM a
+# run's median drifts by 5-25% from one half-minute to the next (other tenants, clock),
+# which one try of a fraction of a second cannot see.
+STABLE_WITHIN = 0.10
 
 
 class DeviceError(RuntimeError):
@@ -140,6 +145,9 @@ class Timing:
     q3_s: float
     repeats: int
     copies: int
+    tries: int = 1  # timing runs of repeats (see time_settled)
+    tries_spread: float = 0.0  # (max - min) / median of the tries' medians
+    settled: bool = True  # two successive tries agreed within STABLE_WITHIN (or one try asked)
 
     @property
     def spread(self) -> float:
@@ -153,7 +161,8 @@ class Timing:
     def as_dict(self) -> dict:
         return {"measured_s": self.median_s, "min_s": self.min_s, "max_s": self.max_s,
                 "q1_s": self.q1_s, "q3_s": self.q3_s, "repeats": self.repeats,
-                "input_copies": self.copies, "spread": self.spread, "noisy": self.noisy}
+                "input_copies": self.copies, "spread": self.spread, "noisy": self.noisy, "tries": self.tries,
+                "tries_spread": self.tries_spread, "settled": self.settled}
 
 
 def copies_for(working_set_bytes: float, max_copies: int = MAX_COPIES) -> int:
@@ -190,6 +199,69 @@ def time_compiled(compiled, arg_sets, *, min_time_s: float = 0.3, min_repeats: i
         calls += 1
     q = statistics.quantiles(times, n=4) if len(times) >= 2 else [times[0]] * 3
     return Timing(statistics.median(times), min(times), max(times), q[0], q[2], len(times), len(arg_sets))
+
+
+def settle(measure, tries: int, what: str, record: list[dict]) -> float:
+    """``measure()`` (seconds) repeated until two successive results agree within
+    STABLE_WITHIN, at most ``tries`` times; returns their median and appends what
+    happened (what, tries, spread = (max - min) / median, stable) to ``record``."""
+    runs: list[float] = []
+    stable = False
+    while len(runs) < tries and not stable:
+        runs.append(float(measure()))
+        stable = len(runs) >= 2 and abs(runs[-1] - runs[-2]) <= STABLE_WITHIN * min(runs[-2:])
+    t = float(np.median(runs))
+    record.append({"what": what, "tries": len(runs), "spread": (max(runs) - min(runs)) / t if t > 0 else 0.0,
+                   "stable": stable})
+    return t
+
+
+class Passes:
+    """Measurements taken once in each of several passes over a whole calibration, the
+    median kept: a VM's slow phases last seconds to minutes (other tenants, clocks), so
+    tries taken back to back can agree on a slow phase, while passes minutes apart sample
+    separate ones. ``measure(what, run)`` appends one run and returns the median of the
+    runs of ``what`` so far: in the last pass every figure derived from the measurements
+    rests on their medians."""
+
+    def __init__(self):
+        self.samples: dict[str, list[float]] = {}
+
+    def measure(self, what: str, run) -> float:
+        runs = self.samples.setdefault(what, [])
+        runs.append(float(run()))
+        return float(np.median(runs))
+
+    def records(self) -> list[dict]:
+        """One entry a measurement: what, its runs ("tries"), their spread ((max - min)
+        / median) and whether two of them agreed within STABLE_WITHIN ("stable")."""
+        out = []
+        for what, runs in self.samples.items():
+            t, ordered = float(np.median(runs)), sorted(runs)
+            agree = any(b - a <= STABLE_WITHIN * a for a, b in zip(ordered, ordered[1:]))
+            out.append({"what": what, "tries": len(runs), "spread": (ordered[-1] - ordered[0]) / t if t > 0 else 0.0,
+                        "stable": agree})
+        return out
+
+
+def time_settled(compiled, arg_sets, *, tries: int, what: str = "", record: list[dict] | None = None,
+                 min_time_s: float = 0.3) -> Timing:
+    """:func:`time_compiled` repeated as :func:`settle` repeats a measurement: until two
+    successive tries agree within STABLE_WITHIN, at most ``tries`` times. The median is
+    the median of the tries' medians; min and max over all calls; the quartiles those of
+    the try nearest that median; ``record`` (if given) gets settle's entry."""
+    runs: list[Timing] = []
+    record = [] if record is None else record
+
+    def once() -> float:
+        runs.append(time_compiled(compiled, arg_sets, min_time_s=min_time_s))
+        return runs[-1].median_s
+
+    median = settle(once, tries, what, record)
+    near = min(runs, key=lambda r: abs(r.median_s - median))
+    return Timing(median, min(r.min_s for r in runs), max(r.max_s for r in runs), near.q1_s, near.q3_s,
+                  sum(r.repeats for r in runs), near.copies, len(runs), record[-1]["spread"],
+                  record[-1]["stable"] or tries == 1)
 
 
 def cost_analysis(stage) -> dict:

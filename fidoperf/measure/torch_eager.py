@@ -36,14 +36,14 @@ import numpy as np
 
 from ..errors import SpecError
 from ..specs import ModelSpec
-from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Timing, cpu_caches, cpu_model
+from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Passes, Timing, cpu_caches, cpu_model
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "stream_mib": (0.25, 2, 16, 64),
-              "kv_mib": (0.5, 4, 32), "min_time_s": 0.1, "tries": 3},
-    "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096),
+              "kv_mib": (0.5, 4, 32), "min_time_s": 0.1, "passes": 2},
+    "full": {"gemm": (512, 1024, 2048), "rows": (1, 2, 4, 8, 16, 32, 64, 128, 256, 1024, 4096, 16384),
              "stream_mib": (0.0625, 0.25, 1, 4, 16, 64, 256), "kv_mib": (0.25, 1, 4, 16, 64), "min_time_s": 0.3,
-             "tries": 5},
+             "passes": 3},
 }
 
 
@@ -127,21 +127,18 @@ class TorchCalibrator:
         self.cfg = SIZES[level]
         self.log = log or (lambda msg: None)
         self.raw: dict[str, list] = {}
-        self.tries: list[dict] = []  # every measurement: what, tries, spread, stable
+        self.passes = Passes()  # every measurement, once a pass
         self.gen = self.torch.Generator().manual_seed(0)
 
     def rand(self, *shape):
         return self.torch.rand(*shape, generator=self.gen) * 2 - 1
 
     def _time(self, fn, make, working_bytes: float, cold: bool = True, fixed: float = 0.0, what: str = "") -> float:
-        """Median time of one call less ``fixed`` (never below a quarter of it), timed
-        again until two tries agree (:func:`fidoperf.measure.calibrate.settle`)."""
-        from .calibrate import settle
-
+        """Median time of one call less ``fixed`` (never below a quarter of it): one run
+        of calls a pass, the median over the passes so far (:class:`Passes`)."""
         sets = [make() for _ in range(copies_for(working_bytes) if cold else 1)]
         with self.torch.inference_mode():
-            t = settle(lambda: time_calls(fn, sets, min_time_s=self.cfg["min_time_s"]).median_s,
-                       self.cfg["tries"], what, self.tries)
+            t = self.passes.measure(what, lambda: time_calls(fn, sets, min_time_s=self.cfg["min_time_s"]).median_s)
         return max(t - fixed, 0.25 * t)
 
     def dispatch(self) -> float:
@@ -255,7 +252,15 @@ class TorchCalibrator:
 
 def calibrate(level: str = "full", log=None) -> dict:
     """Measure this machine through PyTorch; returns the profile as a dict ready for YAML."""
-    from .calibrate import ROWS_SHAPES, loaded_warning, stability_summary, unstable_warning
+    from .calibrate import (
+        ROWS_RULE,
+        ROWS_SHAPES,
+        efficiency_curve,
+        in_passes,
+        loaded_warning,
+        stability_summary,
+        unstable_warning,
+    )
 
     t0 = time.time()
     c = TorchCalibrator(level, log)
@@ -264,7 +269,8 @@ def calibrate(level: str = "full", log=None) -> dict:
     for w in warnings:
         c.log(f"warning: {w}")
     torch = c.torch
-    with torch.inference_mode():
+
+    def one_pass():
         per_op = c.dispatch()
         peak = c.gemm_peak()
         rows = c.rows_curve(per_op)
@@ -272,12 +278,14 @@ def calibrate(level: str = "full", log=None) -> dict:
         rows = [(m, r / peak) for m, r in rows]
         streams = {p: c.stream(p, per_op) for p in ("matvec", "elementwise")}
         flash_rate, kv = c.attention(peak, per_op)
+        return per_op, peak, rows, streams, flash_rate, kv
+
+    with torch.inference_mode():
+        per_op, peak, rows, streams, flash_rate, kv = in_passes(one_pass, c.cfg["passes"], c)
     peak_bw = max(r for s in [*streams.values(), kv] for b, r in s if b >= 16 * 2**20) if any(
         b >= 16 * 2**20 for s in [*streams.values(), kv] for b, _ in s) else max(
         r for s in [*streams.values(), kv] for _, r in s)
-    from .calibrate import _monotone_sizes
-
-    stability = stability_summary(c.tries, c.cfg["tries"])
+    stability = stability_summary(c.passes.records(), c.cfg["passes"])
     for w in unstable_warning(stability):
         warnings.append(w)
         c.log(f"warning: {w}")
@@ -285,11 +293,8 @@ def calibrate(level: str = "full", log=None) -> dict:
     src = (f"measured by `fidoperf calibrate --framework torch --level {level}` on {env['cpu'] or 'cpu'} "
            f"({env['torch_threads']} threads), torch {env['torch']}, {env['date']}")
 
-    def curve(points, axis, what, running_max=False):
-        pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
-        if running_max:
-            pts = [(x, max(e for _, e in pts[: i + 1])) for i, (x, _) in enumerate(pts)]
-        return {"by": axis, "points": [list(p) for p in pts], "source": f"{src}: {what}"}
+    def curve(points, axis, what, rows=False):
+        return efficiency_curve(points, axis, f"{src}: {what}", rows)
 
     def bw_curve(samples, what):
         return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
@@ -314,7 +319,7 @@ def calibrate(level: str = "full", log=None) -> dict:
             "vector_memory": bw_curve(streams["elementwise"], "torch.mul of two cold vectors, by bytes"),
             "matmul_compute": curve(rows, "rows", "F.linear of M rows against a cold weight, median over "
                                                   "[K, N] = " + ", ".join(f"{k}x{n}" for k, n in ROWS_SHAPES)
-                                                  + ", by rows M (running maximum)", running_max=True),
+                                                  + f", by rows M ({ROWS_RULE})", rows=True),
             "flash_compute": {"value": round(float(flash_rate), 4),
                               "source": f"{src}: F.scaled_dot_product_attention 8 x 8 heads x 128 tokens x d 64 "
                                         "with an additive bias"},

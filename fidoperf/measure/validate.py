@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
+from .timing import STABLE_WITHIN
+
 # (label, what changes, from -> to) for the speedups of the FiDO changes, measured on
 # decoder_step cases that agree in everything else.
 SPEEDUPS = {
@@ -52,6 +54,7 @@ def summary(df: pd.DataFrame) -> dict:
         "median_rel_error": float(err.median()),
         "max_abs_rel_error": float(abs_err.max()),
         "noisy_cases": int(df["noisy"].sum()),
+        "unsettled_cases": int((~df["settled"].astype(bool)).sum()),
         "by_kind": by_kind,
         "speedups": speedups(df),
         "xla_matmul_flops_ratio_range": [float(df["matmul_flops_ratio"].min()),
@@ -65,7 +68,8 @@ def summary_text(s: dict) -> str:
     lines = [
         f"{s['cases']} cases: median |error| {100 * s['median_abs_rel_error']:.1f}%, "
         f"90th percentile {100 * s['p90_abs_rel_error']:.1f}%, max {100 * s['max_abs_rel_error']:.1f}% "
-        f"(median signed {100 * s['median_rel_error']:+.1f}%); {s['noisy_cases']} noisy timings flagged",
+        f"(median signed {100 * s['median_rel_error']:+.1f}%); {s['noisy_cases']} noisy timings flagged, "
+        f"{s['unsettled_cases']} whose timing runs never agreed within {100 * STABLE_WITHIN:g}%",
         "by kind: " + ", ".join(f"{k} {100 * v['median_abs_rel_error']:.1f}% ({v['cases']})"
                                 for k, v in s["by_kind"].items()),
     ]

@@ -103,6 +103,8 @@ def validation_table(df: pd.DataFrame) -> pd.DataFrame:
         "predicted": df["predicted_s"].map(F.seconds),
         "measured": df["measured_s"].map(F.seconds),
         "IQR/median": df["spread"].map(lambda v: f"{100 * v:.0f}%" + (" !" if v > 0.25 else "")),
+        "runs (spread)": [f"{t} ({100 * s:.0f}%)" + ("" if ok else " !")
+                          for t, s, ok in zip(df["tries"], df["tries_spread"], df["settled"])],
         "pred/meas": df["ratio"].map(lambda v: f"{v:.2f}"),
         "bound": df["predicted_bound"],
         "model/XLA FLOPs": df["flops_ratio"].map(lambda v: "-" if math.isnan(v) else f"{v:.3f}"),
