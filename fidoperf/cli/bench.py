@@ -54,7 +54,7 @@ def _records_text(records, fmt: str, extra: dict | None = None) -> str:
 @click.command()
 @click.option("--level", type=click.Choice(["quick", "full"]), default="full", show_default=True,
               help="quick: fewer sizes, shorter runs, every measurement in two passes (~2 min on a 2-core CPU); "
-                   "full: three passes (~10 min).")
+                   "full: three passes (~8 min).")
 @click.option("--dtype", "dtypes", multiple=True, type=click.Choice(["fp32", "bf16"]),
               help="Matmul dtypes to measure; the first drives the efficiency curves. "
                    "Default: fp32 on CPU, bf16 and fp32 on accelerators.")

@@ -28,10 +28,11 @@ SPREAD_LIMIT = 0.25
 # 4x the 32 MiB L3 of the development machines (McCalpin's rule for STREAM).
 COLD_BYTES = 128 * 2**20
 MAX_COPIES = 16
-# A measurement is repeated until two successive tries agree within this fraction, at
-# most a bounded number of times; the median of the tries is kept. On a shared VM a
-# run's median drifts by 5-25% from one half-minute to the next (other tenants, clock),
-# which one try of a fraction of a second cannot see.
+# Two timings of one thing agree when they are within this fraction of each other: a
+# case's runs (time_settled) stop at the first two successive ones that agree, and a
+# calibration reports the measurements no two of whose passes agreed (Passes). On the
+# development VM one case's median moved by up to 25% between back-to-back runs of 0.3 s,
+# and a calibration measurement's by a median 22% between passes minutes apart.
 STABLE_WITHIN = 0.10
 
 
