@@ -128,7 +128,8 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
     """Run the layer benchmarks and write tidy results.
 
     Every case records its configuration, the median, min, max and quartiles of its
-    time, the input copies rotated, the model's FLOPs and bytes, XLA's counts, and
+    time, its timing runs (at most 3, until two agree within 10%) and their spread, the
+    input copies rotated, the model's FLOPs and bytes, XLA's counts, and
     the device, versions and date.
     """
     import pandas as pd

@@ -366,20 +366,20 @@ def loaded_warning(env: dict) -> list[str]:
     return []
 
 
-def stability_summary(tries: list[dict], passes: int) -> dict:
+def stability_summary(records: list[dict], passes: int) -> dict:
     """How well the repeated measurements agreed: their count, the median and worst
     spread of their runs, one a pass ((max - min) / median), and those no two of whose
     runs agreed within STABLE_WITHIN."""
-    spreads = [t["spread"] for t in tries]
-    worst = max(tries, key=lambda t: t["spread"]) if tries else {"what": "", "spread": 0.0}
+    spreads = [r["spread"] for r in records]
+    worst = max(records, key=lambda r: r["spread"]) if records else {"what": "", "spread": 0.0}
     return {
-        "measurements": len(tries),
+        "measurements": len(records),
         "passes": passes,
         "agree_within": STABLE_WITHIN,
-        "median_spread": round(float(np.median(spreads)), 4) if tries else 0.0,
+        "median_spread": round(float(np.median(spreads)), 4) if records else 0.0,
         "worst_spread": round(float(worst["spread"]), 4),
         "worst": worst["what"],
-        "unstable": [t["what"] for t in tries if not t["stable"] and passes > 1],
+        "unstable": [r["what"] for r in records if not r["stable"] and passes > 1],
     }
 
 
