@@ -287,6 +287,65 @@ def test_the_quick_run_records_its_timing_runs(quick_run):
     assert summary(df)["unsettled_cases"] == int((~df["settled"]).sum())
 
 
+def test_cases_timed_in_passes_keep_their_median_and_report_agreement(monkeypatch, calibrated):
+    """CaseRunner: each pass times every case once; the results keep the median over the
+    passes, count them and say whether two agreed (time_settled replaced: no timing)."""
+    from fidoperf.measure import timing
+
+    _, hw = calibrated
+    medians = {"steady": iter([2.0, 2.1, 9.0]), "wild": iter([1.0, 2.0, 4.0])}
+    cases = [bench.Case("encoder_layer", batch=1, passages=2, passage_len=16),
+             bench.Case("cross_kv", batch=1, passages=2, passage_len=16)]
+    label = dict(zip((c.name for c in cases), medians))
+
+    def time_settled(compiled, arg_sets, *, tries, what, min_time_s):
+        assert tries == 1
+        m = next(medians[label[what]])
+        return Timing(m, 0.9 * m, 1.2 * m, 0.95 * m, 1.05 * m, 7, len(arg_sets))
+
+    monkeypatch.setattr(timing, "time_settled", time_settled)
+    runner = bench.CaseRunner(cases, progress=False)
+    for _ in range(3):
+        runner.run_pass(tries=1)
+    records, skipped = runner.results(hw)
+    steady, wild = records
+    assert skipped == [] and runner.passes == 3
+    assert (steady["measured_s"], steady["tries"], steady["settled"]) == (2.1, 3, True)
+    assert steady["tries_spread"] == pytest.approx(7.0 / 2.1) and steady["max_s"] == pytest.approx(1.2 * 9.0)
+    assert (wild["measured_s"], wild["tries"], wild["settled"]) == (2.0, 3, False)  # no two of 1, 2, 4 within 10%
+    assert steady["repeats"] == 21 and steady["ratio"] == pytest.approx(steady["predicted_s"] / 2.1)
+    # XLA's counts are taken once and compared with the model of the profile predicted with
+    assert steady["matmul_flops_ratio"] == pytest.approx(1.0, rel=1e-3) and steady["input_bytes"] > 0
+
+
+def test_calibration_passes_interleave_with_other_measurements():
+    from fidoperf.measure.calibrate import in_passes
+
+    order, logged = [], []
+
+    class Calibrator:
+        log = staticmethod(logged.append)
+
+    def one_pass():
+        Calibrator.log("measured")
+        order.append("calibration")
+        return len(order)
+
+    out = in_passes(one_pass, 3, Calibrator, between=lambda i: order.append(f"cases {i}"))
+    assert order == ["calibration", "cases 0", "calibration", "cases 1", "calibration", "cases 2"]
+    assert out == 5 and logged[0] == "pass 1/3: measured" and logged[-1] == "measured"
+    assert Calibrator.log == logged.append  # the log is restored
+
+
+def test_validate_passes_check_their_options_before_measuring(tmp_path):
+    result = CliRunner().invoke(cli, ["validate", "--passes", "2", "-H", str(tmp_path / "none.yaml")])
+    assert result.exit_code == 2 and "none.yaml" in result.output and "pass 1/2" not in result.output
+    result = CliRunner().invoke(cli, ["validate", "--framework", "torch", "--passes", "2", "-H", "tpu-v4"])
+    assert result.exit_code == 2 and "--passes" in result.output and "Traceback" not in result.output
+    result = CliRunner().invoke(cli, ["validate", "--passes", "0"])
+    assert result.exit_code == 2 and "--passes" in result.output
+
+
 def test_a_loaded_machine_and_unsettled_measurements_are_reported():
     from fidoperf.measure.calibrate import loaded_warning, stability_summary, unstable_warning
 

@@ -170,13 +170,18 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
               help="Also write the profile calibrated for this run.")
 @click.option("--dtype", type=click.Choice(["fp32", "bf16"]), default="fp32", show_default=True)
 @click.option("--memory-limit-gb", type=float, default=10.0, show_default=True)
+@click.option("--passes", type=click.IntRange(1, 9), default=1, show_default=True,
+              help="1: time each case in runs until two agree (at most 3). N >= 2: time every case once in "
+                   "each of N passes and keep the median; without --hardware the calibration runs N passes "
+                   "too, one before each pass of the cases, so that both see the same states of the machine "
+                   "(JAX only; the full suite with --passes 3 takes about 45 minutes here).")
 @click.option("--framework", type=click.Choice(["jax", "torch"]), default="jax", show_default=True,
               help="jax: the JAX layer cases; torch: FiD on Hugging Face's T5 in PyTorch eager (random weights, "
                    "no download), predicted with the eager implementation.")
 @format_option(("table", "csv", "json"))
 @output_option("Write the results here (.csv or .json) instead of standard output.")
 @_device_errors
-def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb, framework, fmt, output):
+def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb, passes, framework, fmt, output):
     """Predict every benchmark case, run it, and compare.
 
     Prints predicted and measured time per case with their ratio, then the median
@@ -186,10 +191,13 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     encoder and decoder times apart.
     """
     if framework == "torch":
+        if passes > 1:
+            raise InputError("--passes: repeated passes are for --framework jax (the torch validation times each "
+                             "setting until two runs agree)")
         return _validate_torch(suite, hardware, calibration, save_profile, fmt, output)
     import pandas as pd
 
-    from ..measure.bench import run_cases
+    from ..measure.bench import TRIES, CaseRunner
     from ..measure.bench import suite as make_suite
     from ..measure.calibrate import calibrate as run_calibration
     from ..measure.timing import environment
@@ -199,10 +207,26 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
     check_writable(output)
     check_writable(save_profile)
     fmt = _suffix_format(output, fmt)
-    hw = _profile_to_validate(hardware, save_profile, f"this device ({calibration})",
-                              lambda: run_calibration(calibration, (dtype,), log=None))
     env = environment()
-    records, skipped = run_cases(make_suite(suite, dtype), hw, memory_limit_bytes=memory_limit_gb * 2**30)
+    runner = CaseRunner(make_suite(suite, dtype), memory_limit_bytes=memory_limit_gb * 2**30)
+
+    def cases_pass(i):
+        _echo_err(f"pass {i + 1}/{passes}: timing {len(runner.cases)} cases ...")
+        runner.run_pass(tries=1)
+
+    interleave = None
+    if passes > 1 and hardware is None:
+        interleave = (passes, f"`fidoperf validate --suite {suite} --passes {passes}`", cases_pass)
+    what = f"this device ({calibration}" + (f", {passes} passes, each followed by one of the cases)"
+                                            if interleave else ")")
+    hw = _profile_to_validate(hardware, save_profile, what,
+                              lambda: run_calibration(calibration, (dtype,), log=_echo_err, interleave=interleave))
+    if passes == 1:
+        runner.run_pass(TRIES)
+    elif interleave is None:
+        for i in range(passes):
+            cases_pass(i)
+    records, skipped = runner.results(hw)
     env["load_average_1min_end"] = environment()["load_average_1min"]
     df = pd.DataFrame(records)
     s = summary(df)
@@ -210,11 +234,13 @@ def validate(suite, hardware, calibration, save_profile, dtype, memory_limit_gb,
         _echo_err(f"warning: {s['unsettled_cases']} of {s['cases']} cases never timed twice alike (column "
                   "'runs (spread)', marked !): the machine may be busy; validate again when it is quiet")
     meta = {"environment": env, "hardware": hw.name, "hardware_path": hw.path, "suite": suite,
-            "skipped": skipped}
+            "passes": passes, "interleaved_with_calibration": interleave is not None, "skipped": skipped}
     from ..present import fmt as F
     load = env["load_average_1min"], env["load_average_1min_end"]
     human = (f"{env['device']} ({env['platform']}), jax {env['jax']}, {env['date']}; profile {hw.name}"
              + (f"; 1-minute load average {load[0]:.2f} before, {load[1]:.2f} after" if None not in load else "")
+             + (f"\neach case timed once in each of {passes} passes, the median kept"
+                + (", the calibration's passes interleaved with them" if interleave else "") if passes > 1 else "")
              + "\n"
              + F.text_table(validation_table(df)) + "\n\n" + summary_text(s))
     if skipped:

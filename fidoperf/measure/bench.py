@@ -238,21 +238,25 @@ def compile_case(case: Case, pool):
     return lowered.compile(), lowered, make, args
 
 
-def xla_check(case: Case, lowered, compiled, model: dict) -> dict:
-    """The model's FLOPs and bytes against XLA's cost analysis and its HLO dots."""
+def xla_counts(case: Case, lowered, compiled) -> dict:
+    """XLA's own counts of the compiled case: its cost analysis and its HLO dots."""
     from .timing import cost_analysis
 
     pre, post = cost_analysis(lowered), cost_analysis(compiled)
-    out = {"xla_flops": pre.get("flops", float("nan")),
-           "xla_bytes": post.get("bytes accessed", float("nan")),
-           "xla_transcendentals": pre.get("transcendentals", float("nan"))}
     # The scan of `generate` holds its body once; its dots are not per step.
-    dots = hlo_dot_flops(lowered.as_text()) if case.kind != "generate" else float("nan")
-    out["hlo_dot_flops"] = dots
-    out["matmul_flops_ratio"] = model["model_matmul_flops"] / dots if dots else float("nan")
-    out["flops_ratio"] = model["model_flops"] / out["xla_flops"] if out["xla_flops"] else float("nan")
-    out["bytes_ratio"] = model["model_bytes"] / out["xla_bytes"] if out["xla_bytes"] else float("nan")
-    return out
+    return {"xla_flops": pre.get("flops", float("nan")),
+            "xla_bytes": post.get("bytes accessed", float("nan")),
+            "xla_transcendentals": pre.get("transcendentals", float("nan")),
+            "hlo_dot_flops": hlo_dot_flops(lowered.as_text()) if case.kind != "generate" else float("nan")}
+
+
+def xla_check(counts: dict, model: dict) -> dict:
+    """The model's FLOPs and bytes against XLA's counts (:func:`xla_counts`)."""
+    dots, flops, nbytes = counts["hlo_dot_flops"], counts["xla_flops"], counts["xla_bytes"]
+    return {**counts,
+            "matmul_flops_ratio": model["model_matmul_flops"] / dots if dots else float("nan"),
+            "flops_ratio": model["model_flops"] / flops if flops else float("nan"),
+            "bytes_ratio": model["model_bytes"] / nbytes if nbytes else float("nan")}
 
 
 # --------------------------------------------------------------------------- suites
@@ -330,42 +334,79 @@ def run_cases(cases: list[Case], hw: Hardware | None = None, *, memory_limit_byt
     XLA figures; skipped cases with the reason. Each case is timed in runs of at
     least ``min_time_s`` until two successive runs agree within STABLE_WITHIN, at
     most ``tries`` runs (:func:`fidoperf.measure.timing.time_settled`)."""
-    import jax
+    runner = CaseRunner(cases, memory_limit_bytes=memory_limit_bytes, min_time_s=min_time_s, progress=progress)
+    runner.run_pass(tries)
+    return runner.results(hw, settings)
 
-    from .timing import RandomPool, copies_for, time_settled
 
-    pool = RandomPool()
-    records, skipped = [], []
-    bar = _progress(len(cases), progress)
-    for case in cases:
-        bar.set_description(case.name[:60])
-        need = estimated_bytes(case)
-        if need * 1.5 > memory_limit_bytes:
-            skipped.append({"case": case.name, "reason": f"needs about {need / 2**30:.1f} GiB of inputs, "
-                                                         f"over the {memory_limit_bytes / 2**30:.0f} GiB limit"})
+class CaseRunner:
+    """Times a list of cases in one or more passes: each pass compiles every case, makes
+    its inputs and times it (:func:`fidoperf.measure.timing.time_settled`, at most
+    ``tries`` runs), then frees it. Several passes minutes apart sample the machine's
+    slow and fast phases as a calibration's passes do, and can be interleaved with them
+    (:func:`fidoperf.measure.calibrate.calibrate`, ``interleave``); :meth:`results`
+    keeps each case's median over the passes."""
+
+    def __init__(self, cases: list[Case], *, memory_limit_bytes: float = 10 * 2**30, min_time_s: float = 0.3,
+                 progress: bool = True):
+        self.min_time_s, self.progress = min_time_s, progress
+        self.cases, self.skipped = [], []
+        for case in cases:
+            need = estimated_bytes(case)
+            if need * 1.5 > memory_limit_bytes:
+                self.skipped.append({"case": case.name,
+                                     "reason": f"needs about {need / 2**30:.1f} GiB of inputs, over the "
+                                               f"{memory_limit_bytes / 2**30:.0f} GiB limit"})
+            else:
+                self.cases.append(case)
+        self.timings: dict[str, list] = {c.name: [] for c in self.cases}  # one Timing a pass
+        self.checks: dict[str, dict] = {}  # input bytes and XLA's counts, from the first pass
+        self.passes = 0
+
+    def run_pass(self, tries: int = 1):
+        import jax
+
+        from .timing import RandomPool, copies_for, time_settled
+
+        pool = RandomPool()
+        bar = _progress(len(self.cases), self.progress)
+        for case in self.cases:
+            bar.set_description(case.name[:60])
+            compiled, lowered, make, args = compile_case(case, pool)
+            working = tree_bytes(args)
+            copies = copies_for(working) if case.kind != "generate" else 1
+            arg_sets = [args] + [make() for _ in range(copies - 1)]
+            self.timings[case.name].append(time_settled(compiled, arg_sets, tries=tries, what=case.name,
+                                                        min_time_s=self.min_time_s))
+            if case.name not in self.checks:
+                self.checks[case.name] = {"input_bytes": working, **xla_counts(case, lowered, compiled)}
+            del arg_sets, args, compiled, lowered
+            jax.clear_caches()
             bar.update()
-            continue
-        compiled, lowered, make, args = compile_case(case, pool)
-        working = tree_bytes(args)
-        copies = copies_for(working) if case.kind != "generate" else 1
-        arg_sets = [args] + [make() for _ in range(copies - 1)]
-        timing = time_settled(compiled, arg_sets, tries=tries, what=case.name, min_time_s=min_time_s)
-        rec = case.config()
-        rec["input_bytes"] = working
-        rec.update(timing.as_dict())
-        model = predict_case(case, hw or _CPU_LIMITS, settings)
-        rec.update(xla_check(case, lowered, compiled, model))
-        if hw is not None:
-            rec.update(model)
-            rec["ratio"] = rec["predicted_s"] / rec["measured_s"]
-        else:
-            rec.update({k: model[k] for k in ("model_flops", "model_matmul_flops", "model_bytes")})
-        records.append(rec)
-        del arg_sets, args, compiled, lowered
-        jax.clear_caches()
-        bar.update()
-    bar.close()
-    return records, skipped
+        bar.close()
+        self.passes += 1
+
+    def results(self, hw: Hardware | None = None, settings: Settings = Settings()):
+        """(records, skipped) as :func:`run_cases` returns them. After one pass a case's
+        timing is that pass's; after several, their median (``tries``: the passes,
+        ``settled``: two of them agreed within STABLE_WITHIN)."""
+        from .timing import any_two_agree, combine_runs
+
+        records = []
+        for case in self.cases:
+            runs = self.timings[case.name]
+            timing = runs[0] if len(runs) == 1 else combine_runs(runs, any_two_agree([r.median_s for r in runs]))
+            checks = dict(self.checks[case.name])
+            rec = {**case.config(), "input_bytes": checks.pop("input_bytes"), **timing.as_dict()}
+            model = predict_case(case, hw or _CPU_LIMITS, settings)
+            rec.update(xla_check(checks, model))
+            if hw is not None:
+                rec.update(model)
+                rec["ratio"] = rec["predicted_s"] / rec["measured_s"]
+            else:
+                rec.update({k: model[k] for k in ("model_flops", "model_matmul_flops", "model_bytes")})
+            records.append(rec)
+        return records, list(self.skipped)
 
 
 class _NoProgress:

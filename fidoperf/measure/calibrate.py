@@ -243,10 +243,24 @@ def device_memory_bytes(jax) -> tuple[float, str]:
         return float("nan"), "unknown"
 
 
-def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
-    """Measure this device; returns the profile as a dict ready for YAML."""
+def calibrate(level: str = "full", dtypes=("fp32",), log=None, interleave=None) -> dict:
+    """Measure this device; returns the profile as a dict ready for YAML.
+
+    ``interleave``: None, or (passes, what, run) to alternate the calibration with other
+    measurements so that both see the same states of the machine: ``passes`` passes
+    (instead of the level's), ``run(i)`` called after pass i; ``what`` names it in the
+    profile. The profile's seconds count the calibration's passes only."""
     t0 = time.time()
     c = Calibrator(level, log)
+    passes, between = c.cfg["passes"], None
+    if interleave is not None:
+        passes, what, run = interleave
+        spent = [0.0]
+
+        def between(i):
+            t = time.time()
+            run(i)
+            spent[0] += time.time() - t
     env = environment()
     warnings = loaded_warning(env)
     for w in warnings:
@@ -266,7 +280,7 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
         streams = {p: c.stream(p, fixed, main) for p in ("matvec", "attention", "softmax", "elementwise")}
         return call, per_op, peaks, rows, att_rows, streams
 
-    call, per_op, peaks, rows, att_rows, streams = in_passes(one_pass, c.cfg["passes"], c)
+    call, per_op, peaks, rows, att_rows, streams = in_passes(one_pass, passes, c, between)
     # the peak: the best rate over transfers of 16 MiB or more, where fixed costs are
     # negligible (smaller ones are on the curves, as fractions of it, capped at 1)
     peak_bw = max(r for s in streams.values() for b, r in s if b >= 16 * 2**20)
@@ -280,7 +294,7 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     def bw_curve(samples, what):
         return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
 
-    stability = stability_summary(c.passes.records(), c.cfg["passes"])
+    stability = stability_summary(c.passes.records(), passes)
     for w in unstable_warning(stability):
         warnings.append(w)
         c.log(f"warning: {w}")
@@ -326,7 +340,9 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
             "threads": env["cpu_threads_available"],
             "xla_flags": env["xla_flags"],
             "level": level,
-            "seconds": round(time.time() - t0, 1),
+            "seconds": round(time.time() - t0 - (spent[0] if interleave else 0.0), 1),
+            **({"interleaved_with": f"{what}: each of the {passes} passes followed by one of its passes"}
+               if interleave else {}),
             "load_average_1min": env["load_average_1min"],
             "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
             "stability": stability,
@@ -341,10 +357,12 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None) -> dict:
     return profile
 
 
-def in_passes(one_pass, passes: int, calibrator):
+def in_passes(one_pass, passes: int, calibrator, between=None):
     """Run ``one_pass()`` (every measurement of a calibration, once) ``passes`` times;
     returns the last pass's results, which rest on the medians over all passes (each
-    measurement goes through ``calibrator.passes``). Logs which pass is running."""
+    measurement goes through ``calibrator.passes``). Logs which pass is running. With
+    ``between``, ``between(i)`` runs after pass i (0-based): other measurements
+    interleaved with the calibration's."""
     log = calibrator.log
     try:
         for i in range(passes):
@@ -352,6 +370,9 @@ def in_passes(one_pass, passes: int, calibrator):
             if i + 1 == passes and passes > 1:
                 log(f"pass {passes}/{passes}, the medians over all passes:")
             out = one_pass()
+            if between is not None:
+                calibrator.log = log
+                between(i)
     finally:
         calibrator.log = log
     return out

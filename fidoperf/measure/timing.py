@@ -238,11 +238,30 @@ class Passes:
         / median) and whether two of them agreed within STABLE_WITHIN ("stable")."""
         out = []
         for what, runs in self.samples.items():
-            t, ordered = float(np.median(runs)), sorted(runs)
-            agree = any(b - a <= STABLE_WITHIN * a for a, b in zip(ordered, ordered[1:]))
-            out.append({"what": what, "tries": len(runs), "spread": (ordered[-1] - ordered[0]) / t if t > 0 else 0.0,
-                        "stable": agree})
+            t = float(np.median(runs))
+            out.append({"what": what, "tries": len(runs), "spread": (max(runs) - min(runs)) / t if t > 0 else 0.0,
+                        "stable": any_two_agree(runs)})
         return out
+
+
+def any_two_agree(values) -> bool:
+    """Whether some two of ``values`` (times of separate runs or passes) agree within
+    STABLE_WITHIN of the smaller."""
+    ordered = sorted(values)
+    return any(b - a <= STABLE_WITHIN * a for a, b in zip(ordered, ordered[1:]))
+
+
+def combine_runs(runs: list[Timing], settled: bool) -> Timing:
+    """One Timing from several timing runs of one compiled function: the median of the
+    runs' medians, min and max over every call, the quartiles of the run nearest that
+    median, the calls summed, ``tries`` the number of runs and ``tries_spread`` the
+    spread of their medians ((max - min) / median)."""
+    medians = [r.median_s for r in runs]
+    median = float(np.median(medians))
+    near = min(runs, key=lambda r: abs(r.median_s - median))
+    spread = (max(medians) - min(medians)) / median if median > 0 else 0.0
+    return Timing(median, min(r.min_s for r in runs), max(r.max_s for r in runs), near.q1_s, near.q3_s,
+                  sum(r.repeats for r in runs), near.copies, len(runs), spread, settled)
 
 
 def time_settled(compiled, arg_sets, *, tries: int, what: str = "", record: list[dict] | None = None,
@@ -258,11 +277,8 @@ def time_settled(compiled, arg_sets, *, tries: int, what: str = "", record: list
         runs.append(time_compiled(compiled, arg_sets, min_time_s=min_time_s))
         return runs[-1].median_s
 
-    median = settle(once, tries, what, record)
-    near = min(runs, key=lambda r: abs(r.median_s - median))
-    return Timing(median, min(r.min_s for r in runs), max(r.max_s for r in runs), near.q1_s, near.q3_s,
-                  sum(r.repeats for r in runs), near.copies, len(runs), record[-1]["spread"],
-                  record[-1]["stable"] or tries == 1)
+    settle(once, tries, what, record)
+    return combine_runs(runs, record[-1]["stable"] or tries == 1)
 
 
 def cost_analysis(stage) -> dict:
