@@ -361,6 +361,25 @@ def test_a_loaded_machine_and_unsettled_measurements_are_reported():
     assert unstable_warning(stability_summary(tries[:1], 5)) == []
 
 
+def test_the_cpus_activity_is_read_from_proc_stat_and_judged():
+    from fidoperf.measure.calibrate import loaded_warning
+    from fidoperf.measure.timing import cpu_activity, cpu_times
+
+    line = "cpu  {} 0 {} {} 0 0 0 {} 0 0\ncpu0 1 2 3 4 5 6 7 8 0 0\n"
+    assert cpu_times(line.format(100, 50, 800, 10)) == (150, 10, 960)
+    assert cpu_times("intr 1 2 3\n") is None
+    texts = iter([line.format(100, 50, 800, 10), line.format(160, 60, 820, 20)])  # 70 busy, 10 stolen of 100
+    activity = cpu_activity(0.0, read=lambda: next(texts))
+    assert activity == {"busy": 0.7, "steal": 0.1, "window_s": 0.0}
+    warned = loaded_warning({"cpu_activity": activity, "load_average_1min": 0.0, "cpu_threads_available": 2})
+    assert len(warned) == 2 and "70%" in warned[0] and "10%" in warned[1] and "steal" in warned[1]
+    # a quiet second outweighs a load average left high by a run that has just ended
+    quiet = {"busy": 0.02, "steal": 0.0, "window_s": 1.0}
+    assert loaded_warning({"cpu_activity": quiet, "load_average_1min": 1.9, "cpu_threads_available": 2}) == []
+    same = iter([line.format(1, 1, 1, 1)] * 2)  # no ticks passed: nothing to judge
+    assert cpu_activity(0.0, read=lambda: next(same)) is None
+
+
 @pytest.fixture(scope="module")
 def committed_profile():
     import yaml

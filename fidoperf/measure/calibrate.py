@@ -32,6 +32,7 @@ from .timing import (
     Passes,
     RandomPool,
     copies_for,
+    cpu_activity,
     environment,
     import_jax,
     time_compiled,
@@ -55,6 +56,13 @@ ATTENTION_SHAPES = ((1, 8, 8192), (8, 8, 1024), (32, 8, 256))
 # Warn when the 1-minute load average, before calibrating, exceeds this many runnable
 # tasks per thread JAX may use (other work moves timings by up to 1.6x).
 LOADED_PER_THREAD = 0.5
+# The same judged from what the CPUs do in the second before calibrating
+# (timing.cpu_activity), where Linux says: busy more than a quarter of all CPUs' time (half a
+# thread of two), or more than 5% of it taken by the hypervisor for other guests. The load
+# average decays over a minute, so it fires after a run that has just ended (it did before
+# each quick calibration run back to back, 2026-12-02).
+BUSY_LIMIT = 0.25
+STEAL_LIMIT = 0.05
 # A cold transfer's rate must not rise as it gets smaller: the smallest size may stream at
 # most this much faster than the next one (timing noise), never more. Only the two
 # smallest are compared: above glibc's mmap threshold (32 MiB) every call's fresh output
@@ -261,7 +269,7 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None, interleave=None) 
             t = time.time()
             run(i)
             spent[0] += time.time() - t
-    env = environment()
+    env = {**environment(), "cpu_activity": cpu_activity()}
     warnings = loaded_warning(env)
     for w in warnings:
         c.log(f"warning: {w}")
@@ -345,6 +353,7 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None, interleave=None) 
                if interleave else {}),
             "load_average_1min": env["load_average_1min"],
             "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "cpu_activity_before": env["cpu_activity"],
             "stability": stability,
             "warnings": warnings,
             "raw": c.raw,
@@ -379,8 +388,22 @@ def in_passes(one_pass, passes: int, calibrator, between=None):
 
 
 def loaded_warning(env: dict) -> list[str]:
-    """A warning when the machine was busy before calibrating (empty list if not)."""
-    load, threads = env.get("load_average_1min"), env.get("cpu_threads_available") or 1
+    """A warning when the machine was busy before calibrating (empty list if not): by
+    ``cpu_activity`` (other work running in the second before, or the hypervisor taking
+    the CPUs) where it was read, else by the 1-minute load average."""
+    threads = env.get("cpu_threads_available") or 1
+    activity = env.get("cpu_activity")
+    if activity:
+        out = []
+        if activity["busy"] > BUSY_LIMIT:
+            out.append(f"other work kept {100 * activity['busy']:.0f}% of the CPUs busy in the "
+                       f"{activity['window_s']:g} s before calibrating: it moves timings by up to 1.6x; calibrate "
+                       "on a quiet machine")
+        if activity["steal"] > STEAL_LIMIT:
+            out.append(f"the hypervisor took {100 * activity['steal']:.0f}% of the CPUs' time in the "
+                       f"{activity['window_s']:g} s before calibrating (steal): other guests share this host")
+        return out
+    load = env.get("load_average_1min")
     if load is not None and load > LOADED_PER_THREAD * threads:
         return [f"the 1-minute load average was {load:.2f} on {threads} threads before calibrating: other work "
                 "moves timings by up to 1.6x; calibrate on a quiet machine"]

@@ -107,6 +107,44 @@ def environment() -> dict:
     }
 
 
+def cpu_times(stat_text: str) -> tuple[int, int, int] | None:
+    """(busy, steal, total) clock ticks of all CPUs from the text of /proc/stat: its
+    first line, ``cpu user nice system idle iowait irq softirq steal ...``; idle and
+    iowait are not busy, steal (time the hypervisor gave to other guests) is counted
+    apart. None when the text has no such line."""
+    for line in stat_text.splitlines():
+        fields = line.split()
+        if fields and fields[0] == "cpu" and len(fields) >= 9:
+            user, nice, system, idle, iowait, irq, softirq, steal = map(int, fields[1:9])
+            busy = user + nice + system + irq + softirq
+            return busy, steal, busy + idle + iowait + steal
+    return None
+
+
+def cpu_activity(window_s: float = 1.0, read=None) -> dict | None:
+    """What the CPUs do now: the fractions of all CPUs' time that were busy and stolen by
+    the hypervisor over the next ``window_s`` seconds, this process sleeping meanwhile.
+    Unlike the 1-minute load average, which still counts a run that ended seconds ago,
+    this sees only other work running now. None where /proc/stat does not say.
+    ``read`` (tests) returns the text of /proc/stat."""
+    def default_read():
+        with open("/proc/stat") as fh:
+            return fh.read()
+
+    read = read or default_read
+    try:
+        before = cpu_times(read())
+        time.sleep(window_s)
+        after = cpu_times(read())
+    except OSError:
+        return None
+    if before is None or after is None or after[2] <= before[2]:
+        return None
+    total = after[2] - before[2]
+    return {"busy": round((after[0] - before[0]) / total, 3), "steal": round((after[1] - before[1]) / total, 3),
+            "window_s": window_s}
+
+
 class RandomPool:
     """Random arrays made fast: one pool of uniform(-1, 1) values, generated once,
     from which arrays are cut at shifting offsets (arrays larger than the pool

@@ -36,7 +36,16 @@ import numpy as np
 
 from ..errors import SpecError
 from ..specs import ModelSpec
-from .timing import CALIBRATION_COPIES, COLD_BYTES, SPREAD_LIMIT, Passes, Timing, cpu_caches, cpu_model
+from .timing import (
+    CALIBRATION_COPIES,
+    COLD_BYTES,
+    SPREAD_LIMIT,
+    Passes,
+    Timing,
+    cpu_activity,
+    cpu_caches,
+    cpu_model,
+)
 
 SIZES = {
     "quick": {"gemm": (512, 1024), "rows": (1, 4, 16, 64, 256, 1024), "stream_mib": (0.25, 2, 16, 64),
@@ -264,7 +273,7 @@ def calibrate(level: str = "full", log=None) -> dict:
 
     t0 = time.time()
     c = TorchCalibrator(level, log)
-    env = environment()
+    env = {**environment(), "cpu_activity": cpu_activity()}
     warnings = loaded_warning(env)
     for w in warnings:
         c.log(f"warning: {w}")
@@ -336,6 +345,7 @@ def calibrate(level: str = "full", log=None) -> dict:
             "threads": env["torch_threads"],
             "load_average_1min": env["load_average_1min"],
             "load_average_1min_end": os.getloadavg()[0] if hasattr(os, "getloadavg") else None,
+            "cpu_activity_before": env["cpu_activity"],
             "stability": stability,
             "warnings": warnings,
             "framework": "torch",
