@@ -1,7 +1,8 @@
 #!/bin/bash
-# The quiet validation run behind the committed CPU results (run on the 2-core AMD EPYC
-# development VM with nothing else running; the date, stage times and load averages are in
-# run_validation.log). Run from the repository root; takes about an hour.
+# The quiet validation run behind the committed CPU results (run on a 2-core AMD EPYC
+# development VM with nothing else running; the machine, date, stage times and load
+# averages are in run_validation.log; earlier machines' runs are in epyc-zen3/ and
+# earlier-runs/). Run from the repository root; takes about an hour.
 # The JAX full suite is timed in three passes, each after one pass of the full calibration
 # (`validate --passes 3` without --hardware), so that the profile and the cases see the
 # same states of the machine; the profile it calibrated is saved as cpu-calibrated.yaml.
@@ -12,6 +13,7 @@ F=.venv/bin/fidoperf
 mkdir -p $Q
 stamp() { echo "$1 $(date -u +%FT%TZ) load $(cut -d' ' -f1-3 /proc/loadavg)"; }
 stamp start
+lscpu | grep -E '^(Model name|CPU family|Model|L1d|L2|L3)' | tr -s ' ' | paste -sd';'
 $F validate --suite full --calibration full --passes 3 --save-profile $R/cpu-calibrated.yaml \
   -o $R/cpu-validation-full.json > $R/cpu-validation-full.txt 2> $R/cpu-calibrate-full.log
 stamp val_done
