@@ -391,7 +391,6 @@ def loaded_warning(env: dict) -> list[str]:
     """A warning when the machine was busy before calibrating (empty list if not): by
     ``cpu_activity`` (other work running in the second before, or the hypervisor taking
     the CPUs) where it was read, else by the 1-minute load average."""
-    threads = env.get("cpu_threads_available") or 1
     activity = env.get("cpu_activity")
     if activity:
         out = []
@@ -403,7 +402,7 @@ def loaded_warning(env: dict) -> list[str]:
             out.append(f"the hypervisor took {100 * activity['steal']:.0f}% of the CPUs' time in the "
                        f"{activity['window_s']:g} s before calibrating (steal): other guests share this host")
         return out
-    load = env.get("load_average_1min")
+    load, threads = env.get("load_average_1min"), env.get("cpu_threads_available") or 1
     if load is not None and load > LOADED_PER_THREAD * threads:
         return [f"the 1-minute load average was {load:.2f} on {threads} threads before calibrating: other work "
                 "moves timings by up to 1.6x; calibrate on a quiet machine"]
