@@ -181,11 +181,12 @@ display(Markdown(" ".join(lines)))
 # shapes; cases under ~5 ms can differ by up to 2x between runs on a shared CPU. The calibration and
 # the benchmarks run one after the other: if another process loads the CPU during only one of them,
 # the compute-bound cases (encoder layer, K/V projection) err together by the same factor (compare
-# the peak printed above with what quiet quick calibrations reached on 2026-12-02: 398-429 GFLOP/s
-# on a 2-core AMD EPYC VM of CPU family 26, `benchmarks/results/quick-runs/`, and 118-124 GFLOP/s on
-# one of family 25 that morning, `benchmarks/results/epyc-zen3/quick-runs/`: VMs sold as the same
-# kind differ by 3x), while speedups, ratios of two timings, suffer less. Judge the model by the
-# full validation in `benchmarks/results/`.
+# the peak printed above with what quiet quick calibrations reached on 2026-12-02: 477-486 GFLOP/s
+# on a 2-core AMD EPYC VM of CPU family 26, `benchmarks/results/quick-runs/`, 398-429 GFLOP/s on
+# another of family 26 that morning, `benchmarks/results/earlier-runs/0952/quick-runs/`, and
+# 118-124 GFLOP/s on one of family 25, `benchmarks/results/epyc-zen3/quick-runs/`: VMs sold as the
+# same kind differ by 4x), while speedups, ratios of two timings, suffer less. Judge the model by
+# the full validation in `benchmarks/results/`.
 
 # %%
 # One machine-readable line (SI units in the keys); tests/test_notebooks.py checks it.

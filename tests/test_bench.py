@@ -148,6 +148,10 @@ def test_calibrated_profile_is_a_usable_measured_profile(calibrated, tmp_path):
     assert hw.hbm_bytes_per_s > 1e8
     small, large = hw.curve("matmul", "compute")(1), hw.curve("matmul", "compute")(1024)
     assert 0 < small < large <= 1.0  # one row is far less efficient than a thousand
+    # the rows curves say at what transfer size they were measured (the median weight of
+    # ROWS_SHAPES: 768 x 3072 fp32; 16 MiB of keys), so the model can carry them to others
+    assert hw.curve("matmul", "compute").transfer_bytes == 768 * 3072 * 4
+    assert hw.curve("attention", "compute").transfer_bytes == 16 * 2**20
     from fidoperf.measure.calibrate import dump_profile
 
     path = tmp_path / "cpu.yaml"
@@ -438,3 +442,23 @@ def test_a_broken_jax_calibration_is_caught(committed_profile, break_it, needle)
     break_it(broken)
     problems = profile_problems(broken)
     assert any(needle in p for p in problems), problems
+
+
+def test_the_committed_run_re_predicts_to_what_it_recorded():
+    """benchmarks/repredict.py predicts the committed cases again from the committed
+    profile: with the model unchanged since the run it must give the recorded predictions
+    (any drift of the model since then shows here), and giving a profile's rows curves
+    their transfer sizes may only shorten predictions (larger transfers stream faster),
+    never lengthen them."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("repredict", bench_results().parent / "repredict.py")
+    repredict = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(repredict)
+    run, profile = bench_results() / "cpu-validation-full.json", bench_results() / "cpu-calibrated.yaml"
+    recorded = json.loads(run.read_text())["summary"]
+    again = repredict.repredict(str(run), str(profile), add_transfer_sizes=False)
+    for key in ("median_abs_rel_error", "p90_abs_rel_error", "median_rel_error"):
+        assert again[key] == pytest.approx(recorded[key], rel=1e-6), key
+    with_sizes = repredict.repredict(str(run), str(profile), add_transfer_sizes=True)
+    assert with_sizes["median_rel_error"] <= again["median_rel_error"] + 1e-12

@@ -44,6 +44,63 @@ def gemm(hw, m, n, k, **kw):
     return op_table("gemm", {"m": [m], "n": [n], "k": [k]}, hw, **kw).iloc[0]
 
 
+# --------------------------------------------------------------------------- rows curves by transfer size
+
+# A measured-style chip: rows curves taken at one transfer size (8 MB of weights, 16 MiB of
+# keys), and a streaming curve that doubles from 8 MB to 512 MB.
+ROWS_CHIP = {
+    "name": "rows-chip",
+    "peak_flops_per_s": {"fp32": {"value": 100e9, "source": "made up"}},
+    "memory": {"capacity_bytes": {"value": 16e9, "source": "made up"},
+               "bandwidth_bytes_per_s": {"value": 50e9, "source": "made up"}},
+    "efficiency": {
+        "memory": {"by": "bytes", "points": [[1e6, 0.2], [8e6, 0.4], [512e6, 0.8]], "source": "made up"},
+        "attention_memory": {"by": "bytes", "points": [[1e6, 0.2], [16 * 2**20, 0.4], [512e6, 0.8]],
+                             "source": "made up"},
+        # one row at 0.1 of 100 GFLOP/s = 10 GFLOP/s: streaming 20 GB/s of fp32 weights, the
+        # streaming curve's 0.4 x 50 GB/s at 8 MB (stream bound); 256 rows compute bound
+        "matmul_compute": {"by": "rows", "points": [[1, 0.1], [256, 0.8]], "source": "made up",
+                           "transfer_bytes": 8e6},
+        "attention_compute": {"by": "rows", "points": [[1, 0.1], [256, 0.8]], "source": "made up",
+                              "transfer_bytes": 16 * 2**20},
+    },
+}
+
+
+def _matmul(rows, k, n):
+    from fidoperf.costmodel.ops import Op
+
+    return Op("proj", "matmul", 2.0 * rows * k * n, weight_bytes=4.0 * k * n, act_bytes=4.0 * rows * (k + n),
+              rows=rows, kernel="gemm", shape={"m": rows, "n": n, "k": k, "batch": 1})
+
+
+def test_a_rows_curve_is_carried_to_the_ops_transfer_size():
+    """One row against a weight far larger than the curve's transfer streams at the
+    streaming curve's larger-transfer rate; at the curve's own size the curve holds; a
+    compute-bound product of many rows keeps its rate; without a transfer size (every
+    datasheet profile) nothing changes."""
+    hw = hardware_from_dict(ROWS_CHIP, "rows-chip")
+    plain = dict(ROWS_CHIP, efficiency={k: {f: v for f, v in c.items() if f != "transfer_bytes"}
+                                        for k, c in ROWS_CHIP["efficiency"].items()})
+    hw_plain = hardware_from_dict(plain, "rows-chip-plain")
+
+    def t(chip, op):
+        return float(kernel_times(op, chip, "fp32", "fp32").time_s)
+
+    at_transfer = _matmul(1, 1000, 2000)  # 8 MB of weights: the curve's own size
+    assert t(hw, at_transfer) == pytest.approx(t(hw_plain, at_transfer), rel=1e-3)
+    large = _matmul(1, 8000, 16000)  # 512 MB: the streaming curve is twice as fast there
+    assert t(hw_plain, large) / t(hw, large) == pytest.approx(2.0, rel=0.02)
+    assert t(hw, large) == pytest.approx(512e6 / (0.8 * 50e9), rel=0.02)  # streamed at 40 GB/s
+    small = _matmul(1, 250, 500)  # 0.5 MB: its memory time binds, as without the transfer size
+    assert t(hw, small) == pytest.approx(t(hw_plain, small), rel=1e-9)
+    many = _matmul(256, 8000, 16000)  # compute bound: the rate barely moves
+    assert t(hw_plain, many) / t(hw, many) < 1.1
+    for chip in ("tpu-v4", "h100-sxm", "a100-80gb"):  # no transfer sizes in shipped profiles
+        shipped = load_hardware(chip)
+        assert all(c.transfer_bytes is None for c in shipped.efficiency.values())
+
+
 # --------------------------------------------------------------------------- GEMM quantisation
 
 

@@ -222,6 +222,10 @@ BAD_HARDWARE = [
     ("curve-without-source", GOOD_HARDWARE + "efficiency:\n  memory: {by: bytes, points: [[1.0e+3, 0.1], "
      "[1.0e+9, 0.9]]}\n", "efficiency.memory"),
     ("unknown-efficiency", GOOD_HARDWARE + "efficiency:\n  speed: {value: 1.0}\n", "efficiency.speed"),
+    ("transfer-on-a-bytes-curve", GOOD_HARDWARE + "efficiency:\n  memory: {by: bytes, points: [[1.0e+3, 0.1], "
+     "[1.0e+9, 0.9]], source: x, transfer_bytes: 1.0e+6}\n", "efficiency.memory.transfer_bytes"),
+    ("negative-transfer", GOOD_HARDWARE + "efficiency:\n  matmul_compute: {by: rows, points: [[1, 0.1], "
+     "[64, 0.9]], source: x, transfer_bytes: -1}\n", "efficiency.matmul_compute.transfer_bytes"),
 ]
 
 

@@ -7,7 +7,7 @@
 # (`validate --passes 3` without --hardware), so that the profile and the cases see the
 # same states of the machine; the profile it calibrated is saved as cpu-calibrated.yaml.
 set -u
-R=benchmarks/results
+R=${R:-benchmarks/results}  # R=DIR: write the outputs there instead
 Q=$R/quick-runs
 F=.venv/bin/fidoperf
 mkdir -p $Q

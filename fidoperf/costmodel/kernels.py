@@ -14,6 +14,8 @@ Derated (the default), each mechanism with its parameters in the hardware profil
 
     compute_s  = flops / (peak x eff_compute(kind, size) x quantisation)
     memory_s   = bytes / (bandwidth x eff_memory(kind, bytes) x parallelism)
+    (a rows curve measured at one transfer size is carried to the op's own size:
+    :func:`rows_rate_at_size`)
     overhead_s = launches x the chip's fixed cost per kernel for this implementation
     time_s     = max(compute_s, memory_s) + overhead_s
     (eager: every framework operation also costs the host ``dispatch_s_per_op``: added
@@ -46,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..specs import Hardware
+from ..specs import Curve, Hardware
 from ..specs.hardware import KernelModel
 from ..specs.implementation import Implementation
 from .ops import Op
@@ -101,6 +103,8 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
     ce, me = hw.curve(op.kind, "compute", op.kernel), hw.curve(op.kind, "memory", op.kernel)
     rate = peak * ce(_curve_size(op, ce.axis))
     bw_eff = bw * me(_curve_size(op, me.axis))
+    if ce.transfer_bytes and me.axis == "bytes":
+        rate = rows_rate_at_size(rate, flops, nbytes, ce.transfer_bytes, me, bw)
     km = hw.kernel_model
     launches = _f(op.launches)
     # tiles are those of the matrix units (tensor cores, MXUs); fp32 runs on the vector units
@@ -121,6 +125,28 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
         time_s = np.maximum(device, dispatch) if km.async_launch else device + dispatch
         return KernelTimes(compute_s, memory_s, time_s - (device - fixed), time_s)
     return KernelTimes(compute_s, memory_s, fixed, device)
+
+
+def rows_rate_at_size(rate, flops, nbytes, transfer_bytes: float, memory: Curve, bw: float):
+    """The rate of a rows curve (measured with operands of ``transfer_bytes``) for an op
+    that moves ``nbytes``.
+
+    A product of few rows against a cold operand is a stream of that operand: its
+    measured rate is what streaming ``transfer_bytes`` allowed, and a larger transfer
+    streams faster (the streaming curve ``memory`` of the same access pattern rises with
+    size up to hundreds of MiB on the development VMs). The share of the measured kernel's
+    time that streaming accounts for is ``s = rate / (intensity x bw x memory(transfer))``
+    (at most 1), with the op's own FLOPs per byte as the measured kernel's intensity (a
+    product of the same rows has it); the rate is raised by ``(memory(nbytes) /
+    memory(transfer)) ** s``. One row (``s`` near 1) gets the whole gain of the larger
+    transfer; many rows (compute bound, ``s`` small) keep the measured rate. A smaller
+    transfer is not lowered here: its memory time, from the same streaming curve at its
+    own size, already binds."""
+    intensity = np.where(nbytes > 0, flops / np.maximum(nbytes, 1e-30), 0.0)
+    at_transfer = bw * memory(transfer_bytes)
+    share = np.clip(rate / np.maximum(intensity * at_transfer, 1e-30), 0.0, 1.0)
+    gain = np.maximum(1.0, memory(nbytes) / memory(transfer_bytes))
+    return rate * gain ** share
 
 
 def comm_times(op: Op, hw: Hardware, efficiency: str) -> KernelTimes:

@@ -270,7 +270,8 @@ def hardware_dict(hw: Hardware) -> dict[str, Any]:
         "overhead_s_per_op": hw.overhead_s_per_op,
         "overhead_s_per_op_by_implementation": dict(hw.overheads_by_implementation),
         "default_implementation": hw.default_implementation, "path": hw.path,
-        "efficiency": {k: {"axis": v.axis, "points": [list(p) for p in v.points], "source": v.source}
+        "efficiency": {k: {"axis": v.axis, "points": [list(p) for p in v.points], "source": v.source,
+                           **({"transfer_bytes": v.transfer_bytes} if v.transfer_bytes else {})}
                        for k, v in hw.efficiency.items()},
         "measured": dict(hw.measured),
     }

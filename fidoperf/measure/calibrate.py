@@ -14,6 +14,10 @@ What is measured, each with generic kernels (never the validation's layers):
   softmax, and an elementwise RMS norm (norms, residuals, activations);
 - fixed costs: per compiled-function call, and per op inside a function.
 
+The two rows curves record the size of the operand their kernels streamed
+(``transfer_bytes``), so that the model can carry them to ops that stream more
+(:func:`fidoperf.costmodel.kernels.rows_rate_at_size`).
+
 The peak bandwidth of the profile is the best streaming rate measured; every
 efficiency curve is a measured fraction of these peaks.
 """
@@ -145,7 +149,7 @@ class Calibrator:
         product), so this curve, not the streaming one, sets the time of decoding's
         matmuls."""
         jnp, pts = self.jnp, []
-        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
+        item = _item_bytes(dtype)
         for M in self.cfg["rows"]:
             rates = []
             for K, N in ROWS_SHAPES:
@@ -172,7 +176,7 @@ class Calibrator:
         from .layers import attention_logits
 
         jnp, pts = self.jnp, []
-        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
+        item = _item_bytes(dtype)
 
         def f(q, p, k, v):
             return attention_logits(q, k), jnp.einsum("bgrs,bgsk->bgrk", p, v)
@@ -199,7 +203,7 @@ class Calibrator:
     def stream(self, pattern, overhead, dtype="fp32"):
         """Bytes/s by transfer size for one access pattern, inputs cold."""
         out = []
-        item = 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
+        item = _item_bytes(dtype)
         for mib in self.cfg["stream_mib"]:
             fn, shapes, nbytes = _stream_kernel(self.jax, pattern, int(mib * 2**20 / item), item)
 
@@ -296,8 +300,8 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None, interleave=None) 
     when = env["date"]
     src = f"measured by `fidoperf calibrate --level {level}` on {env['device']} ({env['platform']}), {when}"
 
-    def curve(points, axis, what, rows=False):
-        return efficiency_curve(points, axis, f"{src}: {what}", rows)
+    def curve(points, axis, what, rows=False, transfer_bytes=None):
+        return efficiency_curve(points, axis, f"{src}: {what}", rows, transfer_bytes)
 
     def bw_curve(samples, what):
         return curve([(b, r / peak_bw) for b, r in samples], "bytes", what)
@@ -328,11 +332,13 @@ def calibrate(level: str = "full", dtypes=("fp32",), log=None, interleave=None) 
             "memory": bw_curve(streams["matvec"], "matrix-vector product, weights cold, by bytes"),
             "matmul_compute": curve(rows, "rows", "[M,K]@[K,N], the weight cold, median over [K,N] = "
                                                   + ", ".join(f"[{k},{n}]" for k, n in ROWS_SHAPES)
-                                                  + f", by rows M ({ROWS_RULE})", rows=True),
+                                                  + f", by rows M ({ROWS_RULE})", rows=True,
+                                    transfer_bytes=rows_transfer_bytes(main)),
             "attention_compute": curve(att_rows, "rows", "query rows per key/value head (d_kv 64), "
                                                          "keys and values cold, median over heads x keys = "
                                                          + ", ".join(f"{b * g} x {k}" for b, g, k in ATTENTION_SHAPES)
-                                                         + f" ({ROWS_RULE})", rows=True),
+                                                         + f" ({ROWS_RULE})", rows=True,
+                                       transfer_bytes=attention_transfer_bytes(main)),
             "attention_memory": bw_curve(streams["attention"], "per-head attention logits over a cold "
                                                                "key cache, by bytes"),
             "softmax_memory": bw_curve(streams["softmax"], "softmax over rows of 1024, cold, by bytes"),
@@ -436,14 +442,34 @@ def unstable_warning(stability: dict) -> list[str]:
             "quiet"]
 
 
-def efficiency_curve(points, axis: str, source: str, rows: bool = False) -> dict:
+def efficiency_curve(points, axis: str, source: str, rows: bool = False, transfer_bytes=None) -> dict:
     """A profile's efficiency curve from measured (size, fraction of peak) points: sizes
-    made strictly increasing, fractions clipped to (0, 1]; a rows curve as ROWS_RULE says."""
+    made strictly increasing, fractions clipped to (0, 1]; a rows curve as ROWS_RULE says,
+    with the bytes its kernels streamed (``transfer_bytes``) where given."""
     pts = _monotone_sizes([(float(x), round(float(min(1.0, max(e, 1e-4))), 4)) for x, e in points])
     if rows:
         best = max(range(len(pts)), key=lambda i: pts[i][1])
         pts = [(x, max(e for _, e in pts[: i + 1]) if i <= best else e) for i, (x, e) in enumerate(pts)]
-    return {"by": axis, "points": [list(p) for p in pts], "source": source}
+    out = {"by": axis, "points": [list(p) for p in pts], "source": source}
+    if transfer_bytes:
+        out["transfer_bytes"] = float(transfer_bytes)
+    return out
+
+
+def _item_bytes(dtype: str) -> int:
+    return 2 if dtype == "bf16" else np.dtype(JNP[dtype]).itemsize
+
+
+def rows_transfer_bytes(dtype: str = "fp32") -> float:
+    """Bytes of the cold weight one kernel of the matmul rows curve streams: the median
+    over ROWS_SHAPES (its rate is the median over them)."""
+    return float(np.median([k * n for k, n in ROWS_SHAPES])) * _item_bytes(dtype)
+
+
+def attention_transfer_bytes(dtype: str = "fp32", dk: int = 64) -> float:
+    """Bytes of keys (or values) one kernel of the attention rows curve streams: the
+    median over ATTENTION_SHAPES."""
+    return float(np.median([b * g * s * dk for b, g, s in ATTENTION_SHAPES])) * _item_bytes(dtype)
 
 
 def _monotone_sizes(points):

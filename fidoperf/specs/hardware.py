@@ -37,11 +37,18 @@ class Curve:
     ``axis`` is what the size is: ``flops`` or ``bytes`` of one op call, ``rows``
     (the M dimension of the matrix product: the rows that share one read operand), or
     ``head_dim`` (the head width of an attention kernel).
+
+    ``transfer_bytes`` (rows curves only, optional): the bytes one kernel of the measurement
+    read from main memory (its weight, or its keys or values). A product of few rows
+    streams that operand, and a transfer of another size streams at another rate: the
+    model carries the curve to other sizes with the streaming curve of the same access
+    pattern (:func:`fidoperf.costmodel.kernels.rows_rate_at_size`).
     """
 
     points: tuple[tuple[float, float], ...]  # ((size, fraction), ...), sizes ascending
     axis: str = "flops"
     source: str = ""
+    transfer_bytes: float | None = None
 
     @property
     def constant(self) -> float | None:
@@ -175,8 +182,11 @@ def _curve(raw: Any, where: str, key: str) -> Curve:
         raise g.err("points", "sizes must be strictly increasing")
     if not source:
         raise g.err("source", "an efficiency curve must name its source")
+    transfer = g.number("transfer_bytes") if g.has("transfer_bytes") else None
+    if transfer is not None and axis != "rows":
+        raise g.err("transfer_bytes", f"only a curve by rows has a transfer size (this one is by {axis})")
     g.done()
-    return Curve(tuple(parsed), axis, source)
+    return Curve(tuple(parsed), axis, source, transfer)
 
 
 def _overhead(f: Fields, key: str) -> float:
