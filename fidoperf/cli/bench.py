@@ -174,8 +174,8 @@ def bench(suite, dtype, memory_limit_gb, fmt, output):
               help="1: time each case in runs until two agree (at most 3). N >= 2: time every case once in "
                    "each of N passes and keep the median; without --hardware the calibration runs N passes "
                    "too, one before each pass of the cases, so that both see the same states of the machine "
-                   "(JAX only; the full suite with --passes 3 and the full calibration took 62 and 32 minutes on two "
-                   "2-core development VMs).")
+                   "(JAX only; the full suite with --passes 3 and the full calibration took 17 to 62 minutes on "
+                   "three 2-core development VMs).")
 @click.option("--framework", type=click.Choice(["jax", "torch"]), default="jax", show_default=True,
               help="jax: the JAX layer cases; torch: FiD on Hugging Face's T5 in PyTorch eager (random weights, "
                    "no download), predicted with the eager implementation.")

@@ -48,7 +48,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..specs import Curve, Hardware
+from ..specs import Hardware
 from ..specs.hardware import KernelModel
 from ..specs.implementation import Implementation
 from .ops import Op
@@ -104,7 +104,7 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
     rate = peak * ce(_curve_size(op, ce.axis))
     bw_eff = bw * me(_curve_size(op, me.axis))
     if ce.transfer_bytes and me.axis == "bytes":
-        rate = rows_rate_at_size(rate, flops, nbytes, ce.transfer_bytes, me, bw)
+        rate = rows_rate_at_size(rate, flops, nbytes, bw_eff, bw * me(ce.transfer_bytes))
     km = hw.kernel_model
     launches = _f(op.launches)
     # tiles are those of the matrix units (tensor cores, MXUs); fp32 runs on the vector units
@@ -127,26 +127,24 @@ def kernel_times(op: Op, hw: Hardware, compute_dtype: str, act_dtype: str, effic
     return KernelTimes(compute_s, memory_s, fixed, device)
 
 
-def rows_rate_at_size(rate, flops, nbytes, transfer_bytes: float, memory: Curve, bw: float):
-    """The rate of a rows curve (measured with operands of ``transfer_bytes``) for an op
-    that moves ``nbytes``.
+def rows_rate_at_size(rate, flops, nbytes, bw_op, bw_transfer):
+    """The rate of a rows curve measured with operands of one transfer size, for an op
+    that moves ``nbytes`` and streams at ``bw_op`` (bytes/s, the streaming curve of its
+    access pattern at its size); ``bw_transfer`` is that curve at the measured size.
 
     A product of few rows against a cold operand is a stream of that operand: its
-    measured rate is what streaming ``transfer_bytes`` allowed, and a larger transfer
-    streams faster (the streaming curve ``memory`` of the same access pattern rises with
-    size up to hundreds of MiB on the development VMs). The share of the measured kernel's
-    time that streaming accounts for is ``s = rate / (intensity x bw x memory(transfer))``
-    (at most 1), with the op's own FLOPs per byte as the measured kernel's intensity (a
-    product of the same rows has it); the rate is raised by ``(memory(nbytes) /
-    memory(transfer)) ** s``. One row (``s`` near 1) gets the whole gain of the larger
-    transfer; many rows (compute bound, ``s`` small) keep the measured rate. A smaller
-    transfer is not lowered here: its memory time, from the same streaming curve at its
-    own size, already binds."""
-    intensity = np.where(nbytes > 0, flops / np.maximum(nbytes, 1e-30), 0.0)
-    at_transfer = bw * memory(transfer_bytes)
-    share = np.clip(rate / np.maximum(intensity * at_transfer, 1e-30), 0.0, 1.0)
-    gain = np.maximum(1.0, memory(nbytes) / memory(transfer_bytes))
-    return rate * gain ** share
+    measured rate is what streaming the measured size allowed, and a larger transfer
+    streams faster (the streaming curves rise with size up to hundreds of MiB on the
+    development VMs). The share of the measured kernel's time that streaming accounts for
+    is ``s = rate / (intensity x bw_transfer)`` (at most 1), with the op's own FLOPs per
+    byte as the measured kernel's intensity (a product of the same rows has it); the rate
+    is raised by ``(bw_op / bw_transfer) ** s``. One row (``s`` near 1) gets the whole
+    gain of the larger transfer; many rows (compute bound, ``s`` small) keep the measured
+    rate. A smaller transfer is not lowered here: its memory time, at ``bw_op``, already
+    binds."""
+    intensity = flops / np.maximum(nbytes, 1e-30)
+    share = np.clip(rate / np.maximum(intensity * bw_transfer, 1e-30), 0.0, 1.0)
+    return rate * np.maximum(1.0, bw_op / bw_transfer) ** share
 
 
 def comm_times(op: Op, hw: Hardware, efficiency: str) -> KernelTimes:
